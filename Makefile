@@ -1,0 +1,40 @@
+# CNN recipes for Keras 3 / TensorFlow. `make NAME ARGS="--epochs 5"` runs one recipe.
+PY := .venv/bin/python
+RECIPES := feature_extraction backprop transfer_learning embeddings augmentation imbalance
+ARGS ?=
+
+.PHONY: install test lint notebooks bench clean $(RECIPES)
+
+install: .venv/.installed
+
+.venv/.installed: requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -r requirements.txt
+	touch $@
+
+# Unit tests, one smoke run per recipe, notebook sync and notebook execution (smoke mode).
+test: install
+	$(PY) -m pytest -n 2 --durations=15 tests
+
+lint: install
+	.venv/bin/ruff check common recipes tests bench
+
+# Regenerate notebooks/NAME.ipynb from recipes/NAME/NAME.py (never edit the notebooks).
+notebooks: install
+	@for r in $(RECIPES); do \
+	  if [ -f recipes/$$r/$$r.py ]; then \
+	    .venv/bin/jupytext --quiet --to ipynb --update-metadata '{"jupytext":null}' \
+	      -o notebooks/$$r.ipynb recipes/$$r/$$r.py || exit 1; \
+	  fi; \
+	done
+
+# Benchmarks (not tests): speed and quality side by side, written to bench/out/.
+bench: install
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+$(RECIPES): install
+	$(PY) -m recipes.$@ $(ARGS)
+
+clean:
+	rm -rf runs bench/out .pytest_cache
