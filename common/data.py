@@ -246,7 +246,9 @@ def _load_tfds(name, num_examples, size):
     try:
         splits = read(download=False)
     except tfds.core.registered.DatasetNotFoundError as err:
-        raise UserError(f"tfds:{name} is not a TensorFlow Datasets name ({err}).") from None
+        hint = next((line for line in str(err).splitlines() if "Did you mean" in line), "")
+        raise UserError(f"tfds:{name} is not a TensorFlow Datasets name. {hint} "
+                        "(list: tfds.list_builders())") from None
     except (AssertionError, FileNotFoundError, OSError):
         # not prepared locally: download it, but only when a download can work
         if not is_online():
