@@ -24,7 +24,7 @@ lint: install
 notebooks: install
 	@for r in $(RECIPES); do \
 	  if [ -f recipes/$$r/$$r.py ]; then \
-	    .venv/bin/jupytext --quiet --to ipynb --update-metadata '{"jupytext":null}' \
+	    .venv/bin/jupytext --quiet --to ipynb --update-metadata '{"jupytext":null,"kernelspec":{"name":"python3","display_name":"Python 3","language":"python"}}' \
 	      -o notebooks/$$r.ipynb recipes/$$r/$$r.py || exit 1; \
 	  fi; \
 	done

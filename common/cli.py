@@ -155,5 +155,6 @@ def finish(args, metrics: dict, dataset: str) -> None:
 
     path = results.write(args.out, args.recipe, dataset, metrics, time.time() - args.started,
                          vars(args))
-    print(results.summary(metrics, f"{args.recipe} on {dataset} ({time.time() - args.started:.0f} s)"))
+    elapsed = time.time() - args.started
+    print(results.summary(metrics, f"{args.recipe} on {dataset} ({elapsed:.0f} s)"))
     print(f"wrote {path}")

@@ -8,7 +8,7 @@ on the CPU, overlapping with the training step thanks to `prefetch`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -53,7 +53,10 @@ def for_training(
 
 
 def for_eval(
-    x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 256, num_classes: int | None = None
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    batch_size: int = 256,
+    num_classes: int | None = None,
 ) -> tf.data.Dataset:
     """Batches in order, no augmentation: for validation, evaluation and prediction."""
     ds = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y)).batch(batch_size)

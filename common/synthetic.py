@@ -196,7 +196,8 @@ def make_scene(
     min_visible: float = 0.3,
 ) -> Scene:
     """One scene of 1..max_objects shapes; later shapes occlude earlier ones."""
-    bg = _pattern(rng, image_size, rng.choice(BACKGROUNDS), _colour(rng, "any"), _colour(rng, "any"))
+    background = rng.choice(BACKGROUNDS)
+    bg = _pattern(rng, image_size, background, _colour(rng, "any"), _colour(rng, "any"))
     image = bg * 0.6 + 40
     owner = np.full((image_size, image_size), -1, np.int64)
     objects = []

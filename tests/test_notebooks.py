@@ -26,7 +26,8 @@ def test_every_recipe_has_a_notebook():
 def test_notebook_is_in_sync_with_script(recipe):
     script = jupytext.read(ROOT / "recipes" / recipe / f"{recipe}.py")
     notebook = nbformat.read(ROOT / "notebooks" / f"{recipe}.ipynb", as_version=4)
-    assert _cells(notebook) == _cells(script), f"notebooks/{recipe}.ipynb is out of date: run `make notebooks`"
+    assert _cells(notebook) == _cells(script), (
+        f"notebooks/{recipe}.ipynb is out of date: run `make notebooks`")
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -55,7 +55,7 @@ if args.command == "evaluate":
     cli.evaluate_classifier(args)
     raise SystemExit
 if args.smoke:
-    args.epochs, args.train_size = 2, 600
+    args.epochs, args.train_size, args.batch_size, args.max_shift = 4, 1500, 32, 4
 out = Path(args.out)
 
 # %% [markdown]
@@ -179,22 +179,21 @@ rng = np.random.default_rng(args.seed)
 directions = rng.integers(0, 8, len(ds.x_test))
 unit = np.array([(0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1)])
 shifts = range(1, args.max_shift + 1)
+shifted = np.empty((len(shifts), *ds.x_test.shape), np.uint8)  # every shift, every image
+for i, d in enumerate(shifts):
+    for k, (dy, dx) in enumerate(unit):
+        chosen = directions == k
+        shifted[i, chosen] = shift(ds.x_test[chosen], dy * d, dx * d)
+shifted = shifted.reshape(-1, *ds.x_test.shape[1:])
+
 scores, consistency = {}, {}
 for name, model in models.items():
-    probabilities = model.predict(test, verbose=0)
-    y_pred = probabilities.argmax(-1)
+    y_pred = model.predict(test, verbose=0).argmax(-1)
     scores[name] = metrics.classification(ds.y_test, y_pred, ds.num_classes)
     scores[name]["train_seconds"] = seconds[name]
-    same = []
-    for d in shifts:
-        shifted = np.empty_like(ds.x_test)
-        for k, (dy, dx) in enumerate(unit):
-            chosen = directions == k
-            shifted[chosen] = shift(ds.x_test[chosen], dy * d, dx * d)
-        same.append(float((model.predict(pipeline.for_eval(shifted), verbose=0).argmax(-1)
-                           == y_pred).mean()))
-    consistency[name] = same
-    scores[name]["shift_consistency"] = float(np.mean(same))
+    y_shifted = model.predict(pipeline.for_eval(shifted), verbose=0).argmax(-1)
+    consistency[name] = (y_shifted.reshape(len(shifts), -1) == y_pred).mean(axis=1).tolist()
+    scores[name]["shift_consistency"] = float(np.mean(consistency[name]))
 scores["max_pool"] = scores["relu"]
 
 import matplotlib.pyplot as plt
