@@ -283,3 +283,28 @@ def test_plots_write_pngs(tmp_path):
     plots.image_grid(np.zeros((3, 5, 5, 1), np.uint8), ["a", "b", "c"], tmp_path / "g.png")
     for name in ("c.png", "m.png", "g.png"):
         assert Image.open(tmp_path / name).size[0] > 100
+
+
+def test_interrupted_training_resumes_from_the_last_epoch(tmp_path):
+    import keras
+
+    from common import callbacks
+
+    class StopAfterEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt  # what Ctrl-C does in the middle of a run
+
+    def make():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        return model
+
+    x, y = np.random.default_rng(0).random((32, 3)), np.arange(32) % 2
+    with pytest.raises(KeyboardInterrupt):
+        make().fit(x, y, epochs=5, verbose=0,
+                   callbacks=callbacks.standard(tmp_path, "demo") + [StopAfterEpoch()])
+    history = make().fit(x, y, epochs=5, verbose=0, callbacks=callbacks.standard(tmp_path, "demo"))
+    assert len(history.history["loss"]) == 3  # epochs 3..5 only: 1 and 2 were restored
+    assert len((tmp_path / "demo_log.csv").read_text().strip().splitlines()) == 1 + 5
