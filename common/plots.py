@@ -77,8 +77,8 @@ def image_grid(images, titles=None, path="grid.png", ncols: int = 8, title: str 
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[-1] == 1:
             image = image[..., 0]
-        if image.dtype != np.uint8 and image.ndim == 3:
-            image = np.clip(image, 0, 255).astype(np.uint8)
+        if image.dtype != np.uint8 and image.ndim == 3:  # RGB floats: [0, 1] or [0, 255]
+            image = np.clip(image, 0, 1) if image.max() <= 1 else np.clip(image, 0, 255) / 255
         ax.imshow(image, cmap=cmap or ("gray" if image.ndim == 2 else None))
         if titles is not None:
             colour = title_colours[i] if title_colours is not None else "black"
