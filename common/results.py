@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def write(out: str | Path, recipe: str, dataset: str, metrics: dict, seconds: fl
         "dataset": dataset,
         "metrics": metrics,
         "seconds": round(float(seconds), 1),
+        # CPU time of this process (all threads): comparable even when the machine is shared
+        "cpu_seconds": round(time.process_time(), 1),
         "args": {k: v for k, v in (args or {}).items() if _jsonable(v)},
         "command": " ".join(["python -m recipes." + recipe, *sys.argv[1:]])
         if "ipykernel" not in sys.modules else None,
