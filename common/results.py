@@ -85,6 +85,9 @@ def summary(metrics: dict, title: str = "results") -> str:
     width = max([len(k) for k, _ in rows] + [len(title)])
     lines = [title, "-" * (width + 12)]
     for key, value in rows:
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            shown = f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+        else:
+            shown = str(value)
         lines.append(f"{key:<{width}}  {shown:>10}")
     return "\n".join(lines)
