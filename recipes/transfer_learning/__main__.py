@@ -1,3 +1,0 @@
-from common.cli import run_script
-
-run_script(__file__, "transfer_learning.py")
