@@ -48,7 +48,13 @@ def parser(recipe: str, description: str, *, dataset: str = "synthetic:shapes",
 
 
 def in_notebook() -> bool:
-    return "ipykernel" in sys.modules
+    """True inside a Jupyter kernel (not merely when some library has imported ipykernel)."""
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def parse_args(p: argparse.ArgumentParser) -> argparse.Namespace:

@@ -40,6 +40,8 @@ def versions() -> dict[str, str]:
 def write(out: str | Path, recipe: str, dataset: str, metrics: dict, seconds: float,
           args: dict | None = None, **extra) -> Path:
     """Write OUT/results.json atomically (a crash never leaves half a file) and return its path."""
+    from common.cli import in_notebook
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -51,7 +53,7 @@ def write(out: str | Path, recipe: str, dataset: str, metrics: dict, seconds: fl
         "cpu_seconds": round(time.process_time(), 1),
         "args": {k: v for k, v in (args or {}).items() if _jsonable(v)},
         "command": " ".join(["python -m recipes." + recipe, *sys.argv[1:]])
-        if "ipykernel" not in sys.modules else None,
+        if not in_notebook() else None,
         "commit": commit(),
         "versions": versions(),
         **extra,
