@@ -1,0 +1,126 @@
+"""transfer_learning: pretrain -> reuse through --weights, three strategies, bad weights files."""
+
+import json
+import runpy
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_recipe, smoke
+
+RECIPE = ROOT / "recipes" / "transfer_learning" / "transfer_learning.py"
+STRATEGIES = ("scratch", "frozen", "finetune")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One default smoke run: pretrains OUT/backbone.keras and loads it via --weights PATH.keras."""
+    out = tmp_path_factory.mktemp("transfer_learning") / "out"
+    return out, smoke("transfer_learning", out)
+
+
+def test_smoke_pretrains_then_compares_three_strategies(smoke_run):
+    out, results = smoke_run
+    m = results["metrics"]
+    # six source classes: chance is 1/6, a pretraining that learned nothing stays near it
+    assert m["pretrain"]["source_test_accuracy"] > 0.35
+    for strategy in STRATEGIES:
+        assert set(m[strategy]) == {"all"}
+        assert all(0 <= v <= 1 for v in m[strategy].values())
+        assert set(m["domain_shift"][strategy]) == {"3"}
+        assert m["convergence"][strategy]["seconds_total"] > 0
+    assert m["headline"]["finetune"] == m["finetune"]["all"]
+    assert m["train_examples_per_class"] == {"all": 8.0}
+    assert m["convergence"]["labels_per_class"] == "all"
+    assert 0 <= m["domain_shift"]["no_adaptation"] <= 1
+    for name in ("samples", "data_efficiency", "convergence", "confusion", "predictions"):
+        assert (out / f"{name}.png").stat().st_size > 5000, name
+    assert json.loads((out / "class_names.json").read_text()) == [
+        "hexagon", "star", "cross", "crescent"]
+    assert json.loads((out / "backbone.json").read_text())["backbone"] == "small_cnn"
+
+
+def test_predict_and_evaluate_the_saved_model(smoke_run, tmp_path):
+    from PIL import Image
+
+    from common import synthetic
+
+    out, _ = smoke_run
+    images, _ = synthetic.make_shapes(2, 32, seed=5, shapes=("star", "cross"))
+    files = []
+    for i, image in enumerate(images):
+        files.append(tmp_path / f"shape{i}.png")
+        Image.fromarray(image).save(files[-1])
+    done = run_recipe("transfer_learning", "predict", "--model", str(out / "model.keras"),
+                      *map(str, files))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(f) for f in files]
+    assert all(line.split("\t")[1] in ("hexagon", "star", "cross", "crescent") for line in lines)
+    done = run_recipe("transfer_learning", "evaluate", "--model", str(out / "model.keras"),
+                      "--dataset", "synthetic:shapes", "--out", str(tmp_path / "eval"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]
+    assert 0 <= scores["test_accuracy"] <= 1 and "macro_f1" in scores
+
+
+def test_weights_file_written_by_the_test_is_loaded(smoke_run, tmp_path):
+    """--weights PATH.weights.h5: the frozen bottom layers of the result hold the file's values."""
+    import keras
+
+    out, _ = smoke_run
+    backbone = keras.saving.load_model(out / "backbone.keras")
+    kernel = backbone.get_layer("block1_conv1").kernel
+    size = int(np.prod(kernel.shape))
+    marked = np.linspace(-0.5, 0.5, size, dtype="float32").reshape(kernel.shape)
+    kernel.assign(marked)
+    backbone.save_weights(tmp_path / "mine.weights.h5")
+    results = smoke("transfer_learning", tmp_path / "run", "--weights",
+                    str(tmp_path / "mine.weights.h5"))
+    assert "pretrain" not in results["metrics"]  # nothing was pretrained: the file was used
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    loaded = model.get_layer("small_cnn").get_layer("block1_conv1").kernel
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded), marked)
+
+
+def test_weights_for_another_architecture_name_both_shapes(tmp_path):
+    import keras
+
+    other = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(8, 3)])
+    other.save_weights(tmp_path / "other.weights.h5")
+    done = run_recipe("transfer_learning", "--weights", str(tmp_path / "other.weights.h5"),
+                      "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "does not match the small_cnn backbone" in done.stderr
+    assert "(3, 3, 3, 16)" in done.stderr and "(3, 3, 1, 8)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_imagenet_offline_says_how_to_pass_a_local_file(tmp_path, monkeypatch):
+    """Only the download boundary is mocked: the network check answers 'offline'."""
+    from common import UserError, data
+
+    monkeypatch.chdir(ROOT)  # the script's setup cell looks for the repository root from here
+    monkeypatch.setattr(data, "is_online", lambda *a, **k: False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))  # no cached weights either
+    monkeypatch.setattr(sys, "argv", ["transfer_learning", "--weights", "imagenet",
+                                      "--out", str(tmp_path / "out")])
+    with pytest.raises(UserError) as err:
+        runpy.run_path(str(RECIPE), run_name="__main__")
+    message = str(err.value)
+    assert "needs a download" in message and "mobilenet_v3_small" in message
+    assert "--weights PATH.h5 --backbone mobilenetv3small" in message
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (("--labels-per-class", "0,x"), "valid values"),
+    (("--weights", "missing.weights.h5"), "weights file not found"),
+    (("--weights", "imagenet", "--backbone", "small_cnn"), "not small_cnn"),
+    (("--weights", "backbone.pt"), "valid values are pretrain, imagenet, none"),
+    (("--image-size", "4"), "too small for small_cnn"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, flags, expected):
+    done = run_recipe("transfer_learning", *flags, "--out", str(tmp_path))
+    assert done.returncode == 2 and expected in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
