@@ -82,8 +82,8 @@ def run_script(main_file: str, script: str) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command (same --out); training with fit() resumes "
-              "from the last finished epoch (OUT/backup)", file=sys.stderr)
+        print("\ninterrupted: rerun the same command (same --out); training resumes from the "
+              "last finished epoch (OUT/backup)", file=sys.stderr)
         sys.exit(130)
 
 

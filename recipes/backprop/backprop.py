@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from matplotlib import pyplot as plt
 
-from common import UserError, cli, data, metrics, pipeline, plots
+from common import UserError, callbacks, cli, data, metrics, pipeline, plots
 
 parser = cli.parser("backprop", "Forward and backward propagation made explicit: GradientTape vs "
                     "fit(), a gradient check, cross-entropy vs MSE, vanishing gradients",
@@ -267,18 +267,23 @@ print(f"gradient check of {num_checked} parameters: relative error max "
 
 # %%
 def train_with_tape(model, loss_fn, name):
-    """Our training loop: history per epoch and every step's kernel-gradient norms per layer."""
-    train_step = make_train_step(model, loss_fn, sgd())
-    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    norms = []
-    for epoch in range(args.epochs):
+    """Our training loop: history per epoch and every step's kernel-gradient norms per layer.
+    Like fit() with BackupAndRestore, it saves after every epoch (weights, optimizer state,
+    history) to OUT/backup/NAME, and a rerun after Ctrl-C continues from the last saved epoch."""
+    optimizer = sgd()
+    train_step = make_train_step(model, loss_fn, optimizer)
+    backup = callbacks.LoopBackup(out, name, model, optimizer)
+    state = backup.restore() or {"epoch": 0, "norms": [], "history": {
+        "loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}}
+    history, norms = state["history"], state["norms"]
+    for epoch in range(state["epoch"], args.epochs):
         losses, correct, seen = [], 0, 0
         for images, labels in train:
             loss, probabilities, kernel_norms = train_step(images, labels)
             losses.append(float(loss))
             correct += int((probabilities.numpy().argmax(-1) == labels.numpy()).sum())
             seen += len(labels)
-            norms.append(kernel_norms.numpy())
+            norms.append(kernel_norms.numpy().tolist())
         if not np.isfinite(losses).all():
             raise UserError(f"{name}: the loss diverged in epoch {epoch + 1}; use a smaller "
                             f"--learning-rate than {args.learning_rate}")
@@ -290,6 +295,9 @@ def train_with_tape(model, loss_fn, name):
         print(f"{name} epoch {epoch + 1}/{args.epochs}: loss {history['loss'][-1]:.4f} "
               f"accuracy {history['accuracy'][-1]:.3f} val_accuracy "
               f"{history['val_accuracy'][-1]:.3f}")
+        state["epoch"] = epoch + 1
+        backup.save(state)
+    backup.finish()
     return history, np.array(norms)
 
 
