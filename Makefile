@@ -20,11 +20,12 @@ test: install
 lint: install
 	.venv/bin/ruff check common recipes tests bench
 
-# Regenerate notebooks/NAME.ipynb from recipes/NAME/NAME.py (never edit the notebooks).
+# Regenerate notebooks/NAME.ipynb from recipes/NAME/NAME.py (never edit the notebooks);
+# --update keeps the cell ids of unchanged cells, so the diff shows only what changed.
 notebooks: install
 	@for r in $(RECIPES); do \
 	  if [ -f recipes/$$r/$$r.py ]; then \
-	    .venv/bin/jupytext --quiet --to ipynb --update-metadata '{"jupytext":null,"kernelspec":{"name":"python3","display_name":"Python 3","language":"python"}}' \
+	    .venv/bin/jupytext --quiet --to ipynb --update --update-metadata '{"jupytext":null,"kernelspec":{"name":"python3","display_name":"Python 3","language":"python"}}' \
 	      -o notebooks/$$r.ipynb recipes/$$r/$$r.py || exit 1; \
 	  fi; \
 	done

@@ -28,6 +28,9 @@ def test_notebook_is_in_sync_with_script(recipe):
     notebook = nbformat.read(ROOT / "notebooks" / f"{recipe}.ipynb", as_version=4)
     assert _cells(notebook) == _cells(script), (
         f"notebooks/{recipe}.ipynb is out of date: run `make notebooks`")
+    # Jupyter and Colab open it with a Python 3 kernel without asking
+    assert notebook.metadata.get("kernelspec", {}).get("name") == "python3", (
+        f"notebooks/{recipe}.ipynb has no python3 kernelspec: run `make notebooks`")
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
