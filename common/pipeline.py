@@ -3,7 +3,8 @@
 Images stay in [0, 255] float32 through the pipeline; models rescale inside themselves
 (`keras.layers.Rescaling`), so a saved model takes raw images at predict time.
 Augmentation runs on whole batches (vectorised Keras preprocessing layers) in the pipeline,
-on the CPU, overlapping with the training step thanks to `prefetch`.
+on the CPU, overlapping with the training step thanks to `prefetch`; by default in one thread,
+so that runs are reproducible (see PARALLEL_AUGMENTATION).
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+# Random augmentation draws from a random-number state shared by all the calls of a map. In
+# parallel calls the draws race for it, so two runs with the same seed differ. By default the
+# augmentation map runs in one thread (still overlapped with training by `prefetch`), which
+# makes a rerun bit-identical; `--parallel-augmentation` (cli) sets this to True for speed.
+PARALLEL_AUGMENTATION = False
+
+
+def augment_calls() -> int | None:
+    """`num_parallel_calls` for a map that draws random numbers (see PARALLEL_AUGMENTATION)."""
+    return AUTOTUNE if PARALLEL_AUGMENTATION else None
 
 
 def _as_float(image, label):
@@ -46,9 +58,9 @@ def for_training(
         ds = ds.map(lambda i, t: (i, tf.one_hot(t, num_classes)), num_parallel_calls=AUTOTUNE)
     if augment is not None:
         if isinstance(augment, keras.layers.Layer):
-            ds = ds.map(lambda i, t: (augment(i, training=True), t), num_parallel_calls=AUTOTUNE)
-        else:
-            ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+            layer = augment
+            augment = lambda i, t: (layer(i, training=True), t)  # noqa: E731
+        ds = ds.map(augment, num_parallel_calls=augment_calls())
     return ds.prefetch(AUTOTUNE)
 
 

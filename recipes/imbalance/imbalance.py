@@ -209,7 +209,7 @@ def balanced(x, y, seed, augment=False):
     stream = tf.data.Dataset.sample_from_datasets(per_class, [1 / K] * K, seed=seed)
     stream = stream.batch(args.batch_size).map(lambda i, t: (tf.cast(i, tf.float32), t))
     if augment:
-        stream = stream.map(augment_minority, num_parallel_calls=tf.data.AUTOTUNE)
+        stream = stream.map(augment_minority, num_parallel_calls=pipeline.augment_calls())
     return stream.prefetch(tf.data.AUTOTUNE)
 
 
