@@ -1,6 +1,7 @@
 """Unit tests of the common layer: every dataset spec, each bad-input error, pipelines, results."""
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -371,3 +372,18 @@ def test_augmented_training_batches_are_reproducible():
     first, second = batches(), batches()
     assert not np.array_equal(np.sort(first.ravel()), np.sort(x.astype(np.float32).ravel()))
     np.testing.assert_array_equal(first, second)
+
+
+def test_parallel_augmentation_flag_switches_the_pipeline(monkeypatch):
+    from common import cli, pipeline
+
+    parser = cli.parser("demo", "a demo recipe")
+    monkeypatch.setattr(sys, "argv", ["demo", "--parallel-augmentation"])
+    try:
+        assert cli.parse_args(parser).parallel_augmentation is True
+        assert pipeline.augment_calls() == pipeline.AUTOTUNE
+        monkeypatch.setattr(sys, "argv", ["demo"])
+        cli.parse_args(parser)
+        assert pipeline.augment_calls() is None  # the reproducible default
+    finally:
+        pipeline.PARALLEL_AUGMENTATION = False
