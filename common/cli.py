@@ -129,6 +129,17 @@ def load_classifier(path: str | Path):
     return model, class_names
 
 
+def classifier_commands(args) -> None:
+    """The `predict` and `evaluate` subcommands of a recipe that saves a plain classifier:
+    run the one asked for, then stop before any training. Returns for `train`."""
+    if args.command == "predict":
+        predict_classifier(args)
+        raise SystemExit
+    if args.command == "evaluate":
+        evaluate_classifier(args)
+        raise SystemExit
+
+
 def predict_classifier(args) -> None:
     """Print `PATH<TAB>CLASS` for each image file, resized to the model's input."""
     from common.data import read_images

@@ -59,7 +59,9 @@ def for_training(
     if augment is not None:
         if isinstance(augment, keras.layers.Layer):
             layer = augment
-            augment = lambda i, t: (layer(i, training=True), t)  # noqa: E731
+
+            def augment(images, labels):
+                return layer(images, training=True), labels
         ds = ds.map(augment, num_parallel_calls=augment_calls())
     return ds.prefetch(AUTOTUNE)
 

@@ -72,12 +72,7 @@ parser.add_argument("--image-size", type=int, default=None,
                     help="resize images to N x N (default: the dataset's own size)")
 parser.add_argument("--learning-rate", type=float, default=2e-3)
 args = cli.parse_args(parser)
-if args.command == "predict":
-    cli.predict_classifier(args)
-    raise SystemExit
-if args.command == "evaluate":
-    cli.evaluate_classifier(args)
-    raise SystemExit
+cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
 
 # Check every flag before anything is trained or written.
 policies = list(dict.fromkeys(p.strip() for p in args.policies.split(",") if p.strip()))
@@ -320,10 +315,12 @@ def corrupt(x, kind, severity, seed=args.seed):
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-grid = [x_test[:1]] + [corrupt(x_test[:1], k, s) for k, levels in CORRUPTIONS.items()
-                       for s in levels]
-plots.image_grid(np.concatenate(grid), ["clean"] + [f"{k} {s}" for k, v in CORRUPTIONS.items()
-                                                   for s in v], out / "corruptions.png", ncols=10,
+# Built once: every policy is scored on these same arrays.
+corrupted = {f"{kind}_{severity}": corrupt(x_test, kind, severity)
+             for kind, levels in CORRUPTIONS.items() for severity in levels}
+plots.image_grid(np.concatenate([x_test[:1]] + [images[:1] for images in corrupted.values()]),
+                 ["clean"] + [name.replace("_", " ") for name in corrupted],
+                 out / "corruptions.png", ncols=10,
                  title="corrupted test sets (the same test image, every severity)",
                  cmap="gray" if input_shape[-1] == 1 else None)
 
@@ -393,11 +390,9 @@ for policy in policies:
     scores = {"clean_accuracy": accuracy(model, x_test, y_test),
               "train_seconds": round(time.time() - started, 1),  # wall clock
               "train_cpu_seconds": round(time.process_time() - cpu_started, 1)}  # all threads
-    for kind, levels in CORRUPTIONS.items():
-        for severity in levels:
-            scores[f"{kind}_{severity}"] = accuracy(model, corrupt(x_test, kind, severity), y_test)
-    corrupted = [v for k, v in scores.items() if k.rsplit("_", 1)[-1].isdigit()]
-    scores["mean_corrupted_accuracy"] = float(np.mean(corrupted))
+    for name, images in corrupted.items():
+        scores[name] = accuracy(model, images, y_test)
+    scores["mean_corrupted_accuracy"] = float(np.mean([scores[name] for name in corrupted]))
     results[policy], histories[policy], models[policy] = scores, history.history, model
     print(f"{policy:>12}: clean {scores['clean_accuracy']:.3f}, mean corrupted "
           f"{scores['mean_corrupted_accuracy']:.3f} ({scores['train_seconds']:.0f} s training)")

@@ -46,12 +46,7 @@ parser.add_argument("--learning-rate", type=float, default=0.02,
 parser.add_argument("--depth", type=int, default=8,
                     help="conv layers of the plain network for sigmoid vs ReLU (default: %(default)s)")
 args = cli.parse_args(parser)
-if args.command == "predict":
-    cli.predict_classifier(args)
-    raise SystemExit
-if args.command == "evaluate":
-    cli.evaluate_classifier(args)
-    raise SystemExit
+cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
 if args.equivalence_steps < 1 or args.depth < 2 or not args.learning_rate > 0:
     raise UserError("--equivalence-steps must be >= 1, --depth >= 2 and --learning-rate > 0")
 num_examples = None

@@ -48,12 +48,7 @@ parser.add_argument("--train-size", type=int, default=6000,
 parser.add_argument("--max-shift", type=int, default=8,
                     help="largest shift in pixels for the translation test (default: %(default)s)")
 args = cli.parse_args(parser)
-if args.command == "predict":
-    cli.predict_classifier(args)
-    raise SystemExit
-if args.command == "evaluate":
-    cli.evaluate_classifier(args)
-    raise SystemExit
+cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
 if args.smoke:
     args.epochs, args.train_size, args.batch_size, args.max_shift = 4, 1500, 32, 4
 out = Path(args.out)

@@ -68,12 +68,7 @@ parser.add_argument("--tau", type=float, default=1.0,
                     help="logit adjustment strength: logits - tau * log(class prior)")
 parser.add_argument("--ensemble-size", type=int, default=3, help="members of the bagging ensemble")
 args = cli.parse_args(parser)
-if args.command == "predict":
-    cli.predict_classifier(args)
-    raise SystemExit
-if args.command == "evaluate":
-    cli.evaluate_classifier(args)
-    raise SystemExit
+cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
 
 methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 unknown = [m for m in methods if m not in METHODS]
