@@ -7,10 +7,13 @@ ARGS ?=
 
 install: .venv/.installed
 
-.venv/.installed: requirements.txt
+# The pinned runtime stack, the development tools, and this project itself (editable), so
+# that `python -m recipes.NAME` works from any folder inside the venv.
+.venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -r requirements.txt
+	.venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	.venv/bin/pip install -q --no-deps -e .
 	touch $@
 
 # Unit tests, one smoke run per recipe, notebook sync and notebook execution (smoke mode).
