@@ -1,22 +1,82 @@
-"""The callbacks every training run wants: resume after interruption, stop on NaN, log."""
+"""What every training run wants: resume after interruption (only into the run that was
+interrupted), stop on NaN, a CSV log, progress with an ETA, and the plan before it starts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from common import in_notebook
 
-def standard(out: str | Path, name: str = "train", tensorboard: bool = False) -> list:
-    """BackupAndRestore (an interrupted run resumes from its last epoch when rerun with the
-    same --out), TerminateOnNaN, and a CSV log (`OUT/NAME_log.csv`), optionally TensorBoard."""
+# Backup folders this process has written: the Ctrl-C message (cli.run_script) promises a
+# resume only when something was saved.
+SAVED: set[str] = set()
+
+
+def verbose() -> int:
+    """`verbose` for fit(): a live progress bar with an ETA in a terminal or a notebook, one
+    line per epoch when the output goes to a file or a pipe (a log stays readable)."""
+    return 1 if in_notebook() or sys.stdout.isatty() else 2
+
+
+def run_id(args) -> str:
+    """What makes two runs the same run: the recipe and every flag but --out. A backup is only
+    resumed by a run with the same id (another dataset or image size would not fit it)."""
+    if args is None:
+        return ""
+    ignored = {"out", "started", "command", "files", "model"}
+    flags = {k: v for k, v in sorted(vars(args).items()) if k not in ignored}
+    return hashlib.sha1(json.dumps(flags, default=str).encode()).hexdigest()[:12]
+
+
+def _claim(directory: Path, owner: dict) -> None:
+    """Keep `directory` only if it belongs to `owner` (written in run.json); else remove it."""
+    record = directory / "run.json"
+    if directory.exists():
+        try:
+            found = json.loads(record.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found != owner:
+            print(f"note: {directory} holds a backup of another run (other flags, data or "
+                  "model): starting this one from scratch", flush=True)
+            shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(owner) + "\n")
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that resumes only the run it belongs to: the run id (see `run_id`) and
+    the model's input, output and parameter count are recorded beside the checkpoint."""
+
+    def __init__(self, directory: str | Path, run: str = ""):
+        super().__init__(str(directory))
+        self.directory, self.run = Path(directory), run
+
+    def on_train_begin(self, logs=None):
+        _claim(self.directory, {"run": self.run, "model": [
+            str(self.model.input_shape), str(self.model.output_shape), self.model.count_params()]})
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        SAVED.add(str(self.directory))
+
+
+def standard(out: str | Path, name: str = "train", args=None, tensorboard: bool = False) -> list:
+    """Backup (an interrupted run resumes from its last epoch when rerun with the same command),
+    TerminateOnNaN, and a CSV log (`OUT/NAME_log.csv`), optionally TensorBoard."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup" / name)),
+        Backup(out / "backup" / name, run_id(args)),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(out / f"{name}_log.csv"), append=True),
     ]
@@ -25,10 +85,113 @@ def standard(out: str | Path, name: str = "train", tensorboard: bool = False) ->
     return callbacks
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+class Plan:
+    """Says what will be trained before training, then how long it will take once the first
+    epochs are measured, and where the run is at each new model:
+
+        plan = callbacks.Plan(["none", "geometric"], epochs=60, steps_per_epoch=16)
+        model.fit(..., callbacks=[plan.callback("none"), ...])   # or, in a custom loop:
+        plan.start("none"); ...; plan.epoch_done()               # after each epoch
+
+    The estimate is the mean time of the epochs seen so far, each model's first epoch
+    (which includes tracing) left out when there are others."""
+
+    def __init__(self, names: list[str], epochs: int, steps_per_epoch: int, what: str = "models"):
+        self.names, self.epochs, self.what = list(names), epochs, what
+        self.epoch_seconds: list[float] = []
+        self.models_started = 0
+        self.announced = False
+        total = len(self.names) * epochs * steps_per_epoch
+        print(f"plan: {len(self.names)} {what} x {epochs} epochs x {steps_per_epoch} steps "
+              f"= {total:,} optimisation steps", flush=True)
+
+    def _remaining_epochs(self) -> int:
+        return (len(self.names) - self.models_started) * self.epochs + (
+            self.epochs - self.epochs_this_model)
+
+    def start(self, name: str) -> None:
+        self.models_started += 1
+        self.epochs_this_model = 0
+        self.epoch_started = time.time()
+        left = ""
+        if self.epoch_seconds:
+            left = f", about {_duration(self._remaining_epochs() * self.mean())} left in all"
+        print(f"[{self.models_started}/{len(self.names)}] {name}{left}", flush=True)
+
+    def mean(self) -> float:
+        return sum(self.epoch_seconds) / len(self.epoch_seconds)
+
+    def epoch_done(self) -> None:
+        seconds = time.time() - self.epoch_started
+        self.epochs_this_model += 1
+        if self.epochs_this_model > 1 or self.epochs == 1:
+            self.epoch_seconds.append(seconds)
+        self.epoch_started = time.time()
+        if self.epoch_seconds and not self.announced:
+            self.announced = True
+            per_model = self.epochs * self.mean()
+            print(f"measured {self.mean():.1f} s per epoch: about {_duration(per_model)} per "
+                  f"model, {_duration(self._remaining_epochs() * self.mean())} left for the "
+                  f"{len(self.names)} {self.what}", flush=True)
+
+    def callback(self, name: str) -> keras.callbacks.Callback:
+        plan = self
+
+        class _Progress(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                plan.start(name)
+
+            def on_epoch_end(self, epoch, logs=None):
+                plan.epoch_done()
+
+        return _Progress()
+
+
+class Finished:
+    """Variants (policies, methods, ...) that finished before an interrupt are loaded on the
+    rerun instead of being trained again: weights and a JSON record (scores, history) per
+    variant in OUT/backup/finished/, kept only for the same run (see `run_id`).
+
+        finished = callbacks.Finished(out, args)
+        record = finished.load(name, model)       # None: train it, then
+        finished.save(name, model, {"scores": ..., "history": ...})
+        ...
+        finished.clear()                          # after results.json is written
+    """
+
+    def __init__(self, out: str | Path, args):
+        self.directory = Path(out) / "backup" / "finished"
+        _claim(self.directory, {"run": run_id(args)})
+
+    def load(self, name: str, model) -> dict | None:
+        weights, record = self.directory / f"{name}.weights.h5", self.directory / f"{name}.json"
+        if not (weights.is_file() and record.is_file()):
+            return None
+        model.load_weights(weights)
+        print(f"{name}: finished before the interrupt, loaded from {self.directory}", flush=True)
+        return json.loads(record.read_text())
+
+    def save(self, name: str, model, record: dict) -> None:
+        model.save_weights(self.directory / f"{name}.weights.h5")
+        tmp = self.directory / f"{name}.json.tmp"
+        tmp.write_text(json.dumps(record, default=float))
+        tmp.replace(self.directory / f"{name}.json")  # the record last: it marks the variant done
+        SAVED.add(str(self.directory))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class LoopBackup:
     """BackupAndRestore for a custom training loop (`OUT/backup/NAME/`).
 
-        backup = LoopBackup(out, "train", model, optimizer)
+        backup = LoopBackup(out, "train", model, optimizer, args)
         state = backup.restore() or {"epoch": 0, ...}   # None on a fresh run
         for epoch in range(state["epoch"], epochs):
             ...one epoch...
@@ -39,12 +202,15 @@ class LoopBackup:
     The weights and optimizer slots go to a `tf.train.Checkpoint` numbered by epoch; `state`
     (any JSON: epoch, history, ...) is written after it, so an interrupt between the two falls
     back to the previous epoch's checkpoint, which is kept until the next one is complete.
+    A backup of another run (other flags or model) is removed, not restored.
     """
 
-    def __init__(self, out: str | Path, name: str, model, optimizer):
+    def __init__(self, out: str | Path, name: str, model, optimizer, args=None):
         self.directory = Path(out) / "backup" / name
         self.state_file = self.directory / "state.json"
         optimizer.build(model.trainable_variables)  # slots exist, so restoring fills them now
+        _claim(self.directory, {"run": run_id(args), "model": [
+            str(model.input_shape), str(model.output_shape), model.count_params()]})
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory),
                                                   max_to_keep=2)
@@ -63,6 +229,7 @@ class LoopBackup:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.state_file)
+        SAVED.add(str(self.directory))
 
     def finish(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -6,16 +6,24 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only: works headless, in CI and in notebooks alike
+from common import in_notebook
+
+if not in_notebook():
+    matplotlib.use("Agg")  # scripts write files only: works headless and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path) -> Path:
+def save(fig, path) -> Path:
+    """Write the figure to `path` (PNG); in a notebook, also show it inline under the cell."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    if in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(filename=str(path)))
     return path
 
 
@@ -38,7 +46,7 @@ def training_curves(histories: dict[str, dict], path, metrics=("loss", "accuracy
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def confusion_matrix(y_true, y_pred, class_names, path, title: str = "") -> Path:
@@ -61,7 +69,7 @@ def confusion_matrix(y_true, y_pred, class_names, path, title: str = "") -> Path
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (row-normalised colour, counts)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def image_grid(images, titles=None, path="grid.png", ncols: int = 8, title: str = "",
@@ -85,7 +93,7 @@ def image_grid(images, titles=None, path="grid.png", ncols: int = 8, title: str 
             ax.set_title(str(titles[i]), fontsize=7, color=colour)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def bars(values: dict[str, float], path, ylabel: str, title: str = "") -> Path:
@@ -97,4 +105,4 @@ def bars(values: dict[str, float], path, ylabel: str, title: str = "") -> Path:
     ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", rotation=30)
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)

@@ -11,6 +11,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from common import in_notebook
+
 PACKAGES = ("tensorflow", "keras", "keras-hub", "keras-cv", "numpy", "scikit-learn")
 
 
@@ -40,8 +42,6 @@ def versions() -> dict[str, str]:
 def write(out: str | Path, recipe: str, dataset: str, metrics: dict, seconds: float,
           args: dict | None = None, **extra) -> Path:
     """Write OUT/results.json atomically (a crash never leaves half a file) and return its path."""
-    from common.cli import in_notebook
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = {

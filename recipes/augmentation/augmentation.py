@@ -19,18 +19,30 @@
 # Run: `make augmentation` or `python -m recipes.augmentation --help`.
 
 # %%
-# Setup. In Colab: clone the repository and install the pinned stack. Locally: go to the
-# repository root so that `common` imports and outputs land in runs/.
+# Setup: make `common` importable. From a clone: go to the repository root (outputs land in
+# runs/). In Colab: clone the repository named by CNN_RECIPES_REPO and install its pinned stack.
 import os
+import subprocess
 import sys
+from importlib.util import find_spec
 
-if "google.colab" in sys.modules and not os.path.isdir("common"):
-    repo = os.environ.get("CNN_RECIPES_REPO", "https://github.com/cnn-recipes/cnn-recipes")
-    os.system(f"git clone --depth 1 {repo} cnn-recipes && pip install -q -r cnn-recipes/requirements.txt")
-    os.chdir("cnn-recipes")
-while not os.path.isdir("common") and os.path.dirname(os.getcwd()) != os.getcwd():
-    os.chdir("..")
-sys.path.insert(0, os.getcwd())
+root = os.getcwd()
+while not os.path.isfile(os.path.join(root, "common", "__init__.py")) and root != os.path.dirname(root):
+    root = os.path.dirname(root)
+if not os.path.isfile(os.path.join(root, "common", "__init__.py")) and find_spec("common") is None:
+    if "google.colab" not in sys.modules:
+        raise SystemExit("setup: run this from inside a clone of the repository (the folder holding common/), or `pip install -e CLONE`")
+    repo = os.environ.get("CNN_RECIPES_REPO", "")
+    if not repo:
+        raise SystemExit("setup: set the repository's git URL first, e.g. os.environ['CNN_RECIPES_REPO'] = 'https://github.com/OWNER/REPO'")
+    root = os.path.abspath("cnn-recipes")
+    if not os.path.isdir(root) and subprocess.run(["git", "clone", "--depth", "1", repo, root]).returncode:
+        raise SystemExit(f"setup: git clone {repo} failed (message above): check CNN_RECIPES_REPO")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", os.path.join(root, "requirements.txt")]).returncode:
+        raise SystemExit("setup: pip install of requirements.txt failed (message above)")
+if os.path.isfile(os.path.join(root, "common", "__init__.py")):
+    os.chdir(root)
+    sys.path.insert(0, root)
 
 # %%
 import math
@@ -43,7 +55,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from common import UserError, callbacks, cli, data, metrics, pipeline, plots
+from common import UserError, callbacks, cli, data, metrics, pipeline, plots, saving
 
 POLICIES = ("none", "geometric", "photometric", "occlusion", "mixing", "randaugment", "combined")
 # Corrupted test sets: name -> severities (the number in the metric name, e.g. occlusion_25).
@@ -57,7 +69,7 @@ CORRUPTIONS = {
 }
 FLIPS = ("auto", "none", "horizontal", "vertical", "horizontal_and_vertical")
 
-parser = cli.parser("augmentation", "Augmentation policies compared on clean and corrupted "
+parser = cli.parser("augmentation", train_size=False, description="Augmentation policies compared on clean and corrupted "
                     "test sets.", dataset="synthetic:shapes", epochs=60, batch_size=64)
 parser.add_argument("--policies", default=",".join(POLICIES),
                     help="comma-separated policies to train and compare (default: %(default)s)")
@@ -449,7 +461,7 @@ plots.training_curves(histories, out / "training_curves.png",
 # %%
 saved = "combined" if "combined" in results else max(
     results, key=lambda p: results[p]["clean_accuracy"] + results[p]["mean_corrupted_accuracy"])
-cli.save_classifier(models[saved], out, ds.class_names)
+saving.save_classifier(models[saved], out, ds.class_names)
 y_pred = models[saved].predict(x_test.astype("float32"), batch_size=256, verbose=0).argmax(-1)
 plots.confusion_matrix(y_test, y_pred, ds.class_names, out / "confusion.png",
                        title=f"{saved} policy on the clean test set")

@@ -13,18 +13,30 @@
 # Run: `make backprop` or `python -m recipes.backprop --help`.
 
 # %%
-# Setup. In Colab: clone the repository and install the pinned stack. Locally: go to the
-# repository root so that `common` imports and outputs land in runs/.
+# Setup: make `common` importable. From a clone: go to the repository root (outputs land in
+# runs/). In Colab: clone the repository named by CNN_RECIPES_REPO and install its pinned stack.
 import os
+import subprocess
 import sys
+from importlib.util import find_spec
 
-if "google.colab" in sys.modules and not os.path.isdir("common"):
-    repo = os.environ.get("CNN_RECIPES_REPO", "https://github.com/cnn-recipes/cnn-recipes")
-    os.system(f"git clone --depth 1 {repo} cnn-recipes && pip install -q -r cnn-recipes/requirements.txt")
-    os.chdir("cnn-recipes")
-while not os.path.isdir("common") and os.path.dirname(os.getcwd()) != os.getcwd():
-    os.chdir("..")
-sys.path.insert(0, os.getcwd())
+root = os.getcwd()
+while not os.path.isfile(os.path.join(root, "common", "__init__.py")) and root != os.path.dirname(root):
+    root = os.path.dirname(root)
+if not os.path.isfile(os.path.join(root, "common", "__init__.py")) and find_spec("common") is None:
+    if "google.colab" not in sys.modules:
+        raise SystemExit("setup: run this from inside a clone of the repository (the folder holding common/), or `pip install -e CLONE`")
+    repo = os.environ.get("CNN_RECIPES_REPO", "")
+    if not repo:
+        raise SystemExit("setup: set the repository's git URL first, e.g. os.environ['CNN_RECIPES_REPO'] = 'https://github.com/OWNER/REPO'")
+    root = os.path.abspath("cnn-recipes")
+    if not os.path.isdir(root) and subprocess.run(["git", "clone", "--depth", "1", repo, root]).returncode:
+        raise SystemExit(f"setup: git clone {repo} failed (message above): check CNN_RECIPES_REPO")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", os.path.join(root, "requirements.txt")]).returncode:
+        raise SystemExit("setup: pip install of requirements.txt failed (message above)")
+if os.path.isfile(os.path.join(root, "common", "__init__.py")):
+    os.chdir(root)
+    sys.path.insert(0, root)
 
 # %%
 from pathlib import Path
@@ -34,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 from matplotlib import pyplot as plt
 
-from common import UserError, callbacks, cli, data, metrics, pipeline, plots
+from common import UserError, callbacks, cli, data, metrics, pipeline, plots, saving
 
 parser = cli.parser("backprop", "Forward and backward propagation made explicit: GradientTape vs "
                     "fit(), a gradient check, cross-entropy vs MSE, vanishing gradients",
@@ -397,7 +409,7 @@ plots.training_curves(deep_histories, out / "deep_curves.png", metrics=("loss", 
 # %%
 y_pred = cross_entropy_model.predict(test_images, verbose=0).argmax(-1)
 plots.confusion_matrix(ds.y_test, y_pred, ds.class_names, out / "confusion.png")
-cli.save_classifier(cross_entropy_model, out, ds.class_names)
+saving.save_classifier(cross_entropy_model, out, ds.class_names)
 
 results = {
     **metrics.classification(ds.y_test, y_pred, num_classes),

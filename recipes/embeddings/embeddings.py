@@ -12,18 +12,30 @@
 # Run: `make embeddings` or `python -m recipes.embeddings --help`.
 
 # %%
-# Setup. In Colab: clone the repository and install the pinned stack. Locally: go to the
-# repository root so that `common` imports and outputs land in runs/.
+# Setup: make `common` importable. From a clone: go to the repository root (outputs land in
+# runs/). In Colab: clone the repository named by CNN_RECIPES_REPO and install its pinned stack.
 import os
+import subprocess
 import sys
+from importlib.util import find_spec
 
-if "google.colab" in sys.modules and not os.path.isdir("common"):
-    repo = os.environ.get("CNN_RECIPES_REPO", "https://github.com/cnn-recipes/cnn-recipes")
-    os.system(f"git clone --depth 1 {repo} cnn-recipes && pip install -q -r cnn-recipes/requirements.txt")
-    os.chdir("cnn-recipes")
-while not os.path.isdir("common") and os.path.dirname(os.getcwd()) != os.getcwd():
-    os.chdir("..")
-sys.path.insert(0, os.getcwd())
+root = os.getcwd()
+while not os.path.isfile(os.path.join(root, "common", "__init__.py")) and root != os.path.dirname(root):
+    root = os.path.dirname(root)
+if not os.path.isfile(os.path.join(root, "common", "__init__.py")) and find_spec("common") is None:
+    if "google.colab" not in sys.modules:
+        raise SystemExit("setup: run this from inside a clone of the repository (the folder holding common/), or `pip install -e CLONE`")
+    repo = os.environ.get("CNN_RECIPES_REPO", "")
+    if not repo:
+        raise SystemExit("setup: set the repository's git URL first, e.g. os.environ['CNN_RECIPES_REPO'] = 'https://github.com/OWNER/REPO'")
+    root = os.path.abspath("cnn-recipes")
+    if not os.path.isdir(root) and subprocess.run(["git", "clone", "--depth", "1", repo, root]).returncode:
+        raise SystemExit(f"setup: git clone {repo} failed (message above): check CNN_RECIPES_REPO")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", os.path.join(root, "requirements.txt")]).returncode:
+        raise SystemExit("setup: pip install of requirements.txt failed (message above)")
+if os.path.isfile(os.path.join(root, "common", "__init__.py")):
+    os.chdir(root)
+    sys.path.insert(0, root)
 
 # %%
 import json
@@ -36,7 +48,7 @@ import numpy as np
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from common import UserError, callbacks, cli, data, pipeline, plots, results
+from common import UserError, callbacks, cli, data, pipeline, plots, results, saving
 
 parser = cli.parser("embeddings", "Metric-learning image embeddings, evaluated on unseen classes",
                     dataset="synthetic:shapes", epochs=25, batch_size=128)
@@ -162,7 +174,7 @@ def read_gallery(folder: Path, size, channels):
 
 
 def predict_embeddings(args) -> None:
-    model = cli.load_model(args.model)
+    model = saving.load_model(args.model)
     _, height, width, channels = model.input_shape
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: valid values are 1 or more")
@@ -180,7 +192,7 @@ def predict_embeddings(args) -> None:
 
 def evaluate_embeddings(args) -> dict:
     """Retrieval metrics of a saved model on the held-out classes of `--dataset`."""
-    model = cli.load_model(args.model)
+    model = saving.load_model(args.model)
     _, height, width, channels = model.input_shape
     ds = load_dataset(args.dataset, args.seed, args.num_examples, (height, width), channels)
     unseen = ds.y_test >= unseen_split(ds, args.seen_classes)

@@ -15,18 +15,30 @@
 # Run: `make feature_extraction` or `python -m recipes.feature_extraction --help`.
 
 # %%
-# Setup. In Colab: clone the repository and install the pinned stack. Locally: go to the
-# repository root so that `common` imports and outputs land in runs/.
+# Setup: make `common` importable. From a clone: go to the repository root (outputs land in
+# runs/). In Colab: clone the repository named by CNN_RECIPES_REPO and install its pinned stack.
 import os
+import subprocess
 import sys
+from importlib.util import find_spec
 
-if "google.colab" in sys.modules and not os.path.isdir("common"):
-    repo = os.environ.get("CNN_RECIPES_REPO", "https://github.com/cnn-recipes/cnn-recipes")
-    os.system(f"git clone --depth 1 {repo} cnn-recipes && pip install -q -r cnn-recipes/requirements.txt")
-    os.chdir("cnn-recipes")
-while not os.path.isdir("common") and os.path.dirname(os.getcwd()) != os.getcwd():
-    os.chdir("..")
-sys.path.insert(0, os.getcwd())
+root = os.getcwd()
+while not os.path.isfile(os.path.join(root, "common", "__init__.py")) and root != os.path.dirname(root):
+    root = os.path.dirname(root)
+if not os.path.isfile(os.path.join(root, "common", "__init__.py")) and find_spec("common") is None:
+    if "google.colab" not in sys.modules:
+        raise SystemExit("setup: run this from inside a clone of the repository (the folder holding common/), or `pip install -e CLONE`")
+    repo = os.environ.get("CNN_RECIPES_REPO", "")
+    if not repo:
+        raise SystemExit("setup: set the repository's git URL first, e.g. os.environ['CNN_RECIPES_REPO'] = 'https://github.com/OWNER/REPO'")
+    root = os.path.abspath("cnn-recipes")
+    if not os.path.isdir(root) and subprocess.run(["git", "clone", "--depth", "1", repo, root]).returncode:
+        raise SystemExit(f"setup: git clone {repo} failed (message above): check CNN_RECIPES_REPO")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", os.path.join(root, "requirements.txt")]).returncode:
+        raise SystemExit("setup: pip install of requirements.txt failed (message above)")
+if os.path.isfile(os.path.join(root, "common", "__init__.py")):
+    os.chdir(root)
+    sys.path.insert(0, root)
 
 # %%
 import time
@@ -39,9 +51,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from common import callbacks, cli, data, metrics, pipeline, plots
+from common import callbacks, cli, data, metrics, pipeline, plots, saving
 
-parser = cli.parser("feature_extraction", "What a small CNN extracts, layer by layer.",
+parser = cli.parser("feature_extraction", train_size=False, description="What a small CNN extracts, layer by layer.",
                     dataset="synthetic:shapes", epochs=12, batch_size=64)
 parser.add_argument("--train-size", type=int, default=6000,
                     help="synthetic datasets: number of training images (default: %(default)s)")
@@ -216,7 +228,7 @@ plt.close(fig)
 reference = models["relu"]
 y_pred = reference.predict(test, verbose=0).argmax(-1)
 plots.confusion_matrix(ds.y_test, y_pred, ds.class_names, out / "confusion.png")
-cli.save_classifier(reference, out, ds.class_names)
+saving.save_classifier(reference, out, ds.class_names)
 
 # %% [markdown]
 # ## Look inside: filters and feature maps

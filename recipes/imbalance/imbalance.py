@@ -21,18 +21,30 @@
 # Run: `make imbalance` or `python -m recipes.imbalance --help`.
 
 # %%
-# Setup. In Colab: clone the repository and install the pinned stack. Locally: go to the
-# repository root so that `common` imports and outputs land in runs/.
+# Setup: make `common` importable. From a clone: go to the repository root (outputs land in
+# runs/). In Colab: clone the repository named by CNN_RECIPES_REPO and install its pinned stack.
 import os
+import subprocess
 import sys
+from importlib.util import find_spec
 
-if "google.colab" in sys.modules and not os.path.isdir("common"):
-    repo = os.environ.get("CNN_RECIPES_REPO", "https://github.com/cnn-recipes/cnn-recipes")
-    os.system(f"git clone --depth 1 {repo} cnn-recipes && pip install -q -r cnn-recipes/requirements.txt")
-    os.chdir("cnn-recipes")
-while not os.path.isdir("common") and os.path.dirname(os.getcwd()) != os.getcwd():
-    os.chdir("..")
-sys.path.insert(0, os.getcwd())
+root = os.getcwd()
+while not os.path.isfile(os.path.join(root, "common", "__init__.py")) and root != os.path.dirname(root):
+    root = os.path.dirname(root)
+if not os.path.isfile(os.path.join(root, "common", "__init__.py")) and find_spec("common") is None:
+    if "google.colab" not in sys.modules:
+        raise SystemExit("setup: run this from inside a clone of the repository (the folder holding common/), or `pip install -e CLONE`")
+    repo = os.environ.get("CNN_RECIPES_REPO", "")
+    if not repo:
+        raise SystemExit("setup: set the repository's git URL first, e.g. os.environ['CNN_RECIPES_REPO'] = 'https://github.com/OWNER/REPO'")
+    root = os.path.abspath("cnn-recipes")
+    if not os.path.isdir(root) and subprocess.run(["git", "clone", "--depth", "1", repo, root]).returncode:
+        raise SystemExit(f"setup: git clone {repo} failed (message above): check CNN_RECIPES_REPO")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", os.path.join(root, "requirements.txt")]).returncode:
+        raise SystemExit("setup: pip install of requirements.txt failed (message above)")
+if os.path.isfile(os.path.join(root, "common", "__init__.py")):
+    os.chdir(root)
+    sys.path.insert(0, root)
 
 # %%
 import math
@@ -46,13 +58,13 @@ import tensorflow as tf
 from keras import layers
 from sklearn.metrics import average_precision_score
 
-from common import UserError, callbacks, cli, data, metrics, pipeline, plots, results
+from common import UserError, callbacks, cli, data, metrics, pipeline, plots, results, saving
 
 METHODS = ("baseline", "oversample", "undersample", "class_weight", "focal", "minority_augment",
            "logit_adjust", "ensemble")
 TAIL_SHARE = 0.3  # "minority classes" = the rarest 30% of classes by training count
 
-parser = cli.parser("imbalance", "Train on a long-tailed dataset: eight remedies compared.",
+parser = cli.parser("imbalance", train_size=False, description="Train on a long-tailed dataset: eight remedies compared.",
                     dataset="synthetic:shapes", epochs=50, batch_size=64)
 parser.add_argument("--ratio", type=float, default=100.0,
                     help="imbalance ratio: head class size / tail class size (>= 1; default "
@@ -342,7 +354,7 @@ plots.training_curves({name: {"val_accuracy": h["val_accuracy"]} for name, h in 
 
 # %%
 best = max(scores, key=lambda m: scores[m]["balanced_accuracy"])
-cli.save_classifier(models[best], out, names)
+saving.save_classifier(models[best], out, names)
 for method in methods:
     row = scores[method]
     print(f"{method:>16}  balanced acc {row['balanced_accuracy']:.3f}  macro-F1 "

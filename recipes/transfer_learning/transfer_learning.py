@@ -17,18 +17,30 @@
 # Run: `make transfer_learning` or `python -m recipes.transfer_learning --help`.
 
 # %%
-# Setup. In Colab: clone the repository and install the pinned stack. Locally: go to the
-# repository root so that `common` imports and outputs land in runs/.
+# Setup: make `common` importable. From a clone: go to the repository root (outputs land in
+# runs/). In Colab: clone the repository named by CNN_RECIPES_REPO and install its pinned stack.
 import os
+import subprocess
 import sys
+from importlib.util import find_spec
 
-if "google.colab" in sys.modules and not os.path.isdir("common"):
-    repo = os.environ.get("CNN_RECIPES_REPO", "https://github.com/cnn-recipes/cnn-recipes")
-    os.system(f"git clone --depth 1 {repo} cnn-recipes && pip install -q -r cnn-recipes/requirements.txt")
-    os.chdir("cnn-recipes")
-while not os.path.isdir("common") and os.path.dirname(os.getcwd()) != os.getcwd():
-    os.chdir("..")
-sys.path.insert(0, os.getcwd())
+root = os.getcwd()
+while not os.path.isfile(os.path.join(root, "common", "__init__.py")) and root != os.path.dirname(root):
+    root = os.path.dirname(root)
+if not os.path.isfile(os.path.join(root, "common", "__init__.py")) and find_spec("common") is None:
+    if "google.colab" not in sys.modules:
+        raise SystemExit("setup: run this from inside a clone of the repository (the folder holding common/), or `pip install -e CLONE`")
+    repo = os.environ.get("CNN_RECIPES_REPO", "")
+    if not repo:
+        raise SystemExit("setup: set the repository's git URL first, e.g. os.environ['CNN_RECIPES_REPO'] = 'https://github.com/OWNER/REPO'")
+    root = os.path.abspath("cnn-recipes")
+    if not os.path.isdir(root) and subprocess.run(["git", "clone", "--depth", "1", repo, root]).returncode:
+        raise SystemExit(f"setup: git clone {repo} failed (message above): check CNN_RECIPES_REPO")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", os.path.join(root, "requirements.txt")]).returncode:
+        raise SystemExit("setup: pip install of requirements.txt failed (message above)")
+if os.path.isfile(os.path.join(root, "common", "__init__.py")):
+    os.chdir(root)
+    sys.path.insert(0, root)
 
 # %%
 import json
@@ -42,7 +54,7 @@ import keras
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common import UserError, callbacks, cli, data, metrics, pipeline, plots, synthetic
+from common import UserError, callbacks, cli, data, metrics, pipeline, plots, saving, synthetic
 
 # keras.applications backbones: the constructor and the file Keras downloads for weights="imagenet"
 APPLICATIONS = {
@@ -132,7 +144,7 @@ if args.command == "evaluate":  # the saved target model, scored on the target t
     if args.dataset != "synthetic:shapes":
         cli.evaluate_classifier(args)
         raise SystemExit
-    model, class_names = cli.load_classifier(args.model)
+    model, class_names = saving.load_classifier(args.model)
     target = target_task(args.dataset, model.input_shape[1], model.input_shape[-1])
     y_pred = model.predict(target.x_test.astype("float32"), verbose=0).argmax(-1)
     plots.confusion_matrix(target.y_test, y_pred, class_names, out / "confusion.png")
@@ -235,7 +247,7 @@ def load_backbone(weights, name, size):
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     if path.suffix == ".keras":
-        backbone = cli.load_model(path)
+        backbone = saving.load_model(path)
         if len(backbone.output_shape) not in (2, 4):
             raise UserError(f"{path}: a backbone outputs feature maps (N, H, W, C) or features "
                             f"(N, C); this model outputs {backbone.output_shape}")
@@ -434,7 +446,7 @@ if args.dataset == "synthetic:shapes" and shift_budgets:
 # and `evaluate`.
 
 # %%
-cli.save_classifier(final_model, out, target.class_names)
+saving.save_classifier(final_model, out, target.class_names)
 source = data.Classification(*synthetic.make_shapes(12, image_size, args.seed + 102, SOURCE_SHAPES, **SOURCE_STYLE),
                              *synthetic.make_shapes(0, image_size), list(SOURCE_SHAPES))
 tasks = [source, target, shifted] if shift_metrics else [source, target]
