@@ -13,17 +13,26 @@
 
 Images come back as uint8 arrays (N, H, W, C) with C = 1 or 3. Conversions are documented
 and deliberate: grayscale/RGB are unified to `channels` (default: 3 if any image is RGB),
-RGBA loses its alpha, float images in [0, 1] are scaled to [0, 255], and images of mixed
-sizes are resized to `image_size` (default: the first image's size). Everything else that is
-wrong with the input raises `UserError` with the problem and the fix.
+RGBA loses its alpha, float images in [0, 1] are scaled to [0, 255] (floats in [0, 255] are
+kept), 16-bit images (uint16 arrays, 16-bit PNG/TIFF, integers above 255 up to 65535) are
+divided by 257, and images of mixed sizes are resized to `image_size` (default: the first
+image's size). Labels are class ids 0..K-1 (a few unused ids are allowed; when more than half
+of 0..max are unused, the labels are refused rather than turned into empty classes), and the
+train split needs at least 2 classes. Everything else that is wrong with the input (NaN
+pixels, damaged files, too few images to split, ...) raises `UserError` with the problem and
+the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,8 +122,9 @@ def load(
             data.x_train, data.y_train = data.x_train[:num_examples], data.y_train[:num_examples]
         data.x_train = conform(data.x_train, size, channels)
         data.x_test = conform(data.x_test, size, channels)
-        _check_labels(data)
     data.spec = spec
+    if isinstance(data, Classification):
+        _check_labels(data)
     return data
 
 
@@ -131,20 +141,19 @@ def require(data, kind: type, spec: str):
 # ---------------------------------------------------------------- conversions and checks
 
 
-def conform(x: np.ndarray, size=None, channels=None) -> np.ndarray:
-    """Images to uint8 (N, H, W, C): add a channel axis, drop alpha, fix channels, resize."""
+def conform(x: np.ndarray, size=None, channels=None, *, name: str = "images") -> np.ndarray:
+    """Images to uint8 (N, H, W, C): add a channel axis, drop alpha, fix channels, resize.
+
+    `name` (e.g. "FILE: x_train") is how error messages refer to the array.
+    """
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
         raise UserError(
-            f"images must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got shape {x.shape}"
+            f"{name} must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got shape {x.shape}"
         )
-    if x.dtype != np.uint8:
-        x = x.astype(np.float32)
-        if x.size and x.max() <= 1.0:
-            x = x * 255.0  # floats in [0, 1] are scaled to [0, 255]
-        x = np.clip(x, 0, 255).astype(np.uint8)
+    x = to_uint8(x, name)
     if x.shape[-1] == 4:
         x = x[..., :3]
     if channels == 3 and x.shape[-1] == 1:
@@ -162,6 +171,37 @@ def conform(x: np.ndarray, size=None, channels=None) -> np.ndarray:
     return x
 
 
+PIXEL_RULES = "expected uint8 0..255, 16-bit 0..65535, or floats in [0, 1] or [0, 255]"
+
+
+def to_uint8(x: np.ndarray, name: str = "images") -> np.ndarray:
+    """Pixel values to uint8 by the module's rules; values that no rule covers raise UserError."""
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == bool:
+        return x.astype(np.uint8) * 255
+    if x.dtype.kind not in "uif":
+        raise UserError(f"{name} has dtype {x.dtype}, not numbers; {PIXEL_RULES}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise UserError(f"{name} holds {bad} NaN/inf pixel values; clean or drop those images")
+    if x.size == 0:
+        return x.astype(np.uint8)
+    low, high = float(x.min()), float(x.max())
+    sixteen_bit = x.dtype.kind in "ui" and low >= 0 and high <= 65535 and (
+        high > 255 or (x.dtype.kind == "u" and x.dtype.itemsize == 2))
+    if sixteen_bit:  # the full 16-bit range onto 8 bits: 65535 -> 255, 257 -> 1
+        return np.round(x.astype(np.float32) / 257.0).astype(np.uint8)
+    # floats a hair outside the range are rounding noise; anything further would be clipped away
+    if low < -0.01 or high > 255.5:
+        raise UserError(f"{name} values span {low:g}..{high:g}; {PIXEL_RULES}: rescale them "
+                        "first, e.g. 255 * (x - x.min()) / (x.max() - x.min())")
+    x = x.astype(np.float32)
+    if high <= 1.0:
+        x = x * 255.0  # floats in [0, 1] are scaled to [0, 255]
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
 def _check_labels(data: Classification) -> None:
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
         if len(x) == 0:
@@ -174,6 +214,33 @@ def _check_labels(data: Classification) -> None:
                 f"expected 0..{data.num_classes - 1} ({data.num_classes} classes); "
                 "relabel to consecutive integers from 0"
             )
+    present = np.unique(data.y_train)
+    if len(present) < 2:
+        raise UserError(
+            f"{data.spec or 'dataset'}: the train split holds only one class "
+            f"({data.class_names[present[0]]!r}, {len(data.y_train)} images); classification "
+            "needs at least 2 classes: add images of the other classes"
+        )
+
+
+def _names_for_labels(*labels: np.ndarray) -> list[str]:
+    """Class names "0".."K-1" for labels without names; refuses ids that are not 0..K-1."""
+    ids = np.unique(np.concatenate(labels))
+    if len(ids) == 0:
+        return []  # an empty split: _check_labels says so
+    relabel = f"relabel them to 0..{len(ids) - 1}, e.g. np.unique(y, return_inverse=True)[1]"
+    if ids[0] < 0:
+        raise UserError(f"labels out of range: found negative class ids (smallest {ids[0]}); "
+                        f"labels must be class ids 0..K-1: {relabel}")
+    # every id up to the largest becomes a class: when more than half of them would have no
+    # example (a stray label of 100000, ids 1000, 2000, ...), the labels are not class ids
+    if ids[-1] + 1 > 2 * len(ids):
+        raise UserError(
+            f"labels must be class ids 0..K-1; found {len(ids)} distinct values up to "
+            f"{ids[-1]}, so more than half of the ids 0..{ids[-1]} would be classes without "
+            f"images: {relabel}"
+        )
+    return [str(i) for i in range(int(ids[-1]) + 1)]
 
 
 def _labels(y: np.ndarray, name: str) -> np.ndarray:
@@ -190,10 +257,24 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def stratified_split(x, y, test_fraction: float, seed: int):
-    """Split arrays so that every class keeps the same share in train and test."""
+def stratified_split(x, y, test_fraction: float | int, seed: int):
+    """Split arrays so that every class keeps the same share in train and test.
+
+    `test_fraction` is a share in (0, 1), or an int: the number of test images.
+    """
     from sklearn.model_selection import train_test_split
 
+    if len(x) != len(y):
+        raise UserError(f"{len(x)} images but {len(y)} labels: every image needs one label")
+    whole = isinstance(test_fraction, (int, np.integer))
+    n_test = int(test_fraction) if whole else math.ceil(len(y) * test_fraction)  # as sklearn
+    if not 0 < n_test < len(y):
+        raise UserError(
+            f"cannot split {len(y)} images into train and test with test fraction "
+            f"{test_fraction}: that leaves {n_test} test and {len(y) - n_test} train images, "
+            "and both need at least one; add images, or give separate train and test sets "
+            "(npz x_train/x_test, or folder DIR/train + DIR/test)"
+        )
     try:
         return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     except ValueError:  # a class with a single example cannot be stratified
@@ -274,25 +355,54 @@ def _load_tfds(name, num_examples, size):
         arrays.append((np.stack(xs), np.asarray(ys, np.int64)))
     builder_info = tfds.builder(name).info
     names = builder_info.features["label"].names if "label" in builder_info.features else None
-    num_classes = int(max(arrays[0][1].max(), arrays[1][1].max())) + 1
-    names = names or [str(i) for i in range(num_classes)]
+    names = names or _names_for_labels(arrays[0][1], arrays[1][1])
     return Classification(*arrays[0], *arrays[1], list(names))
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """One image file as uint8 (H, W, C); a missing or corrupt file raises UserError naming it."""
+    """One image file as uint8 (H, W, C); a missing, corrupt or oversized file raises UserError.
+
+    16-bit (PIL modes I;16*), 32-bit integer (I) and float (F) images are converted by
+    `to_uint8`'s rules, e.g. a 16-bit PNG is divided by 257 rather than clipped at 255.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory: pass image files (e.g. {path}/*.png)")
     if not path.is_file():
         raise UserError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("L", "RGB"):
-                img = img.convert("RGBA" if "A" in img.mode else "RGB").convert("RGB")
-            array = np.asarray(img)
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice the limit; refuse both alike
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                array = _pixels(img, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(_too_many_pixels(path)) from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}. Remove or replace the file.") from None
     return array[..., None] if array.ndim == 2 else array
+
+
+def _pixels(img: Image.Image, path: Path) -> np.ndarray:
+    if img.mode in ("L", "RGB"):
+        return np.asarray(img)
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return to_uint8(np.asarray(img), str(path))  # convert("RGB") would clip at 255
+    return np.asarray(img.convert("RGBA" if "A" in img.mode else "RGB").convert("RGB"))
+
+
+def _too_many_pixels(path: Path) -> str:
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # opening reads only the header: safe, and names the size
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return (f"{path} is {width}x{height} = {width * height:,} pixels, over Pillow's "
+            f"decompression-bomb limit of {limit:,}: resize it, or if you trust the file, raise "
+            f"the limit (PIL.Image.MAX_IMAGE_PIXELS = {width * height})")
 
 
 def read_images(paths, size=None, channels=None) -> np.ndarray:
@@ -333,10 +443,12 @@ def _read_class_folders(root: Path, size, names=None):
         if d.name not in names:
             raise UserError(f"{d} is a class that the train folder does not have ({names})")
         files = [p for p in _image_files(d) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise UserError(f"class folder {d} holds no images ({suffixes}): add images of "
+                            f"class {d.name!r} or remove the folder")
         paths += files
         labels += [names.index(d.name)] * len(files)
-    if not paths:
-        raise UserError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return read_images(paths, size), np.asarray(labels, np.int64), names
 
 
@@ -365,11 +477,10 @@ def load_coco(annotations: Path) -> Scenes:
 
     if not annotations.is_file():
         raise UserError(f"COCO annotation file not found: {annotations}")
-    try:
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            coco = COCO(str(annotations))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise UserError(f"{annotations} is not COCO JSON ({err})") from None
+    coco = COCO()
+    coco.dataset = _read_coco_json(annotations)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        coco.createIndex()
     categories = sorted(coco.getCatIds())
     class_names = [coco.cats[c]["name"] for c in categories]
     images, boxes, labels, masks = [], [], [], []
@@ -380,52 +491,148 @@ def load_coco(annotations: Path) -> Scenes:
                       annotations.parent.parent / "images" / info["file_name"]]
         path = next((p for p in candidates if p.is_file()), candidates[0])
         image = conform(read_image(path)[None], channels=3)[0]
-        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False))]
+        anns = [a for a in coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
         b = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
              for a in anns]
         images.append(image)
         boxes.append(np.array(b, np.float32).reshape(-1, 4))
         labels.append(np.array([categories.index(a["category_id"]) for a in anns], np.int64))
         has_masks = all(a.get("segmentation") for a in anns)
-        masks.append(np.array([coco.annToMask(a).astype(bool) for a in anns]).reshape(
-            -1, *image.shape[:2]) if has_masks else None)
+        masks.append(_coco_masks(coco, anns, image.shape[:2], annotations) if has_masks else None)
     if not images:
         raise UserError(f"{annotations} lists no images")
     return Scenes(images, boxes, labels, class_names,
                   masks=masks if all(m is not None for m in masks) else None)
 
 
+def _read_coco_json(path: Path) -> dict:
+    """The annotation file, checked for what loading needs before pycocotools indexes it."""
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not COCO JSON ({err})") from None
+    problem = _coco_problem(coco)
+    if problem:
+        raise UserError(f"{path} is not usable COCO JSON: {problem} "
+                        "(format: https://cocodataset.org/#format-data)")
+    return coco
+
+
+def _coco_problem(coco) -> str | None:
+    """What is wrong with a parsed COCO file, in words; None when nothing is."""
+    if not isinstance(coco, dict):
+        return f"the top level is a {type(coco).__name__}, expected an object"
+    keys = ("images", "annotations", "categories")
+    missing = [k for k in keys if not isinstance(coco.get(k), list)]
+    if missing:
+        return f"it has no {' / '.join(repr(k) for k in missing)} list"
+    image_ids, category_ids = set(), set()
+    for image in coco["images"]:
+        if not isinstance(image, dict) or not {"id", "file_name"} <= set(image):
+            return f"image entry {str(image)[:80]} lacks 'id' or 'file_name'"
+        image_ids.add(image["id"])
+    for category in coco["categories"]:
+        if not isinstance(category, dict) or not {"id", "name"} <= set(category):
+            return f"category entry {str(category)[:80]} lacks 'id' or 'name'"
+        category_ids.add(category["id"])
+    for ann in coco["annotations"]:
+        if not isinstance(ann, dict) or "id" not in ann:
+            return f"annotation {str(ann)[:80]} lacks 'id'"
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) for v in box)):
+            return f"annotation {ann['id']} has no 'bbox' [x, y, width, height] (got {box!r})"
+        if ann.get("category_id") not in category_ids:
+            return (f"annotation {ann['id']} names category_id {ann.get('category_id')!r}, "
+                    f"which is not in 'categories' (ids {sorted(category_ids)})")
+        if ann.get("image_id") not in image_ids:
+            return f"annotation {ann['id']} names image_id {ann.get('image_id')!r}, not in 'images'"
+    return None
+
+
+def _coco_masks(coco, anns: list[dict], shape: tuple[int, int], path: Path) -> np.ndarray:
+    """(k, H, W) bool masks from polygons or RLE, drawn at the image's actual size."""
+    masks = []
+    for ann in anns:
+        info = coco.imgs[ann["image_id"]]
+        info.setdefault("height", shape[0])
+        info.setdefault("width", shape[1])
+        try:
+            mask = coco.annToMask(ann).astype(bool)
+        except Exception as err:  # pycocotools raises bare Exception, TypeError, ValueError...
+            raise UserError(f"{path}: annotation {ann['id']} has an unreadable 'segmentation' "
+                            f"({type(err).__name__}: {err}); use polygons or RLE") from None
+        if mask.shape != tuple(shape):
+            raise UserError(f"{path}: image {info['file_name']} is {shape[1]}x{shape[0]} pixels "
+                            f"but the JSON says {info['width']}x{info['height']}; fix the entry")
+        masks.append(mask)
+    return np.array(masks).reshape(-1, *shape)
+
+
 NPZ_KEYS = "x_train, y_train, x_test, y_test (or x, y)"
+NPZ_SAVE = "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, read here so that a damaged file fails here, clearly."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        raise UserError(f"cannot read {path}: it is a single .npy array saved under an .npz name; "
+                        f"save named arrays: {NPZ_SAVE}")
+    if not head.startswith(b"PK"):
+        raise UserError(f"cannot read {path}: not a valid .npz (zip) file; save it with {NPZ_SAVE}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # numpy's words for an object array
+            raise UserError(f"cannot read {path}: it holds Python objects (pickled); save plain "
+                            f"numeric arrays: {NPZ_SAVE}") from None
+        problem = err
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as err:
+        problem = err
+    raise UserError(f"cannot read {path}: not a valid .npz (zip) file, damaged or truncated "
+                    f"({problem}); save it again with {NPZ_SAVE}")
+
+
+def _npz_pair(arrays: dict, path: Path, x_key: str, y_key: str):
+    """Images and labels from an npz, converted and checked before they are split or used."""
+    x, y = conform(arrays[x_key], name=f"{path}: {x_key}"), _labels(arrays[y_key], y_key)
+    if len(x) != len(y):
+        raise UserError(f"{path}: {x_key} has {len(x)} images but {y_key} has {len(y)} labels; "
+                        "every image needs exactly one label")
+    return x, y
 
 
 def _load_npz(path: Path, seed, test_fraction):
     if not path.is_file():
         raise UserError(f"npz file not found: {path}")
-    try:
-        arrays = np.load(path, allow_pickle=False)
-        keys = set(arrays.files)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path} as .npz: {err}") from None
-    if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-        x, y = arrays["x_train"], _labels(arrays["y_train"], "y_train")
-        xt, yt = arrays["x_test"], _labels(arrays["y_test"], "y_test")
-    elif {"x", "y"} <= keys:
-        x, xt, y, yt = stratified_split(arrays["x"], _labels(arrays["y"], "y"), test_fraction,
-                                        seed)
+    arrays = _read_npz(path)
+    if {"x_train", "y_train", "x_test", "y_test"} <= set(arrays):
+        x, y = _npz_pair(arrays, path, "x_train", "y_train")
+        xt, yt = _npz_pair(arrays, path, "x_test", "y_test")
+    elif {"x", "y"} <= set(arrays):
+        x, xt, y, yt = stratified_split(*_npz_pair(arrays, path, "x", "y"), test_fraction, seed)
     else:
-        raise UserError(f"{path} has keys {sorted(keys)}; expected {NPZ_KEYS}")
-    if "class_names" in keys:
-        names = [str(n) for n in arrays["class_names"]]
+        raise UserError(f"{path} has keys {sorted(arrays)}; expected {NPZ_KEYS}")
+    if "class_names" in arrays:
+        names = [str(n) for n in arrays["class_names"].reshape(-1)]
     else:
-        names = [str(i) for i in range(int(max(y.max(initial=0), yt.max(initial=0))) + 1)]
-    return Classification(conform(x), y, conform(xt), yt, names)
+        names = _names_for_labels(y, yt)
+    return Classification(x, y, xt, yt, names)
 
 
 def _load_lines(path: Path) -> TextLines:
     if not path.is_file():
         raise UserError(f"labels file not found: {path}")
+    try:
+        rows = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start}); "
+                        "lines: expects a TSV of FILE<TAB>TEXT rows") from None
     files, texts = [], []
-    for number, row in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, row in enumerate(rows, 1):
         if not row.strip():
             continue
         if "\t" not in row:
