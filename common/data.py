@@ -118,8 +118,10 @@ def load(
     else:
         raise UserError(f"unknown dataset kind {kind!r} in {spec!r}; {SPECS_HELP}")
     if isinstance(data, Classification):
-        if num_examples and kind != "synthetic":
-            data.x_train, data.y_train = data.x_train[:num_examples], data.y_train[:num_examples]
+        if num_examples and kind not in ("synthetic", "tfds") and num_examples < len(
+                data.x_train):  # a class-balanced subset, not the first N of a sorted file
+            data.x_train, _, data.y_train, _ = stratified_split(
+                data.x_train, data.y_train, len(data.x_train) - num_examples, seed)
         data.x_train = conform(data.x_train, size, channels)
         data.x_test = conform(data.x_test, size, channels)
     data.spec = spec

@@ -322,3 +322,13 @@ def test_recipe_refuses_a_truncated_npz(tmp_path):
 def test_recipe_refuses_labels_that_are_not_class_ids(tmp_path):
     spec = _xy(tmp_path / "d.npz", [0, 1, 2, 100000] * 5)
     _recipe_refuses(tmp_path, spec, "found 4 distinct values up to 100000")
+
+
+def test_num_examples_of_a_sorted_file_keeps_every_class(tmp_path):
+    # a file sorted by class: the first N images would all be class 0
+    path = tmp_path / "sorted.npz"
+    x = np.zeros((300, 4, 4), np.uint8)
+    np.savez(path, x_train=x, y_train=np.repeat(np.arange(3), 100), x_test=x[:30],
+             y_test=np.repeat(np.arange(3), 10))
+    ds = data.load(f"npz:{path}", num_examples=60)
+    assert np.bincount(ds.y_train).tolist() == [20, 20, 20]
