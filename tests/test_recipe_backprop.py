@@ -1,9 +1,13 @@
-"""Smoke and bad-input tests of recipes/backprop."""
+"""Smoke and bad-input tests of recipes/backprop, progress output, --train-size, Ctrl-C and
+resume of the GradientTape loops, a stale backup."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
-from conftest import run_recipe, smoke
+from conftest import ENV, ROOT, run_recipe
 from PIL import Image
 
 QUADRANTS = ["top_left", "top_right", "bottom_left", "bottom_right"]
@@ -30,7 +34,16 @@ def write_quadrants(path, n_train: int = 640, n_test: int = 200, seed: int = 0):
 def test_smoke(tmp_path):
     write_quadrants(tmp_path / "quadrants.npz")
     out = tmp_path / "out"
-    results = smoke("backprop", out, "--dataset", f"npz:{tmp_path / 'quadrants.npz'}")
+    done = run_recipe("backprop", "--smoke", "--out", str(out), "--dataset",
+                      f"npz:{tmp_path / 'quadrants.npz'}")
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    # progress: the plan before training, each loop in turn, one line per epoch in a log
+    assert "plan: 4 training loops x 2 epochs x 10 steps = 80 optimisation steps" in done.stdout
+    assert "[1/4] cross_entropy" in done.stdout and "[4/4] plain_relu" in done.stdout
+    assert "mse: epoch 2/2" in done.stdout and "10/10 - " in done.stdout
+    assert "retracing" not in done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["recipe"] == "backprop" and results["args"]["epochs"] == 2
     m = results["metrics"]
     # the hand-written chain rule and our GradientTape loop agree with Keras
     assert m["chain_rule"]["max_abs_diff"] < 1e-5
@@ -85,3 +98,65 @@ def test_bad_input(tmp_path):
 
     done = run_recipe("backprop", "predict", "--model", str(tmp_path / "missing.keras"), "x.png")
     assert done.returncode == 2 and "model file not found" in done.stderr
+
+
+def test_help_is_fast_and_shows_defaults():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "recipes.backprop", "--help"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(default: 0.02)" in done.stdout and "(default: 30)" in done.stdout
+    assert "--train-size" in done.stdout and "coco:" not in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "common.cli" in imported and not {"tensorflow", "keras"} & imported
+
+
+def interrupt_in_second_loop(args, log):
+    """Run the recipe and press Ctrl-C (SIGINT) once the second training loop has saved its
+    first epoch (the first loop is then complete)."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "recipes.backprop", *args], cwd=ROOT,
+                                env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+        lines, second = [], False
+        for line in proc.stdout:
+            lines.append(line)
+            second = second or line.startswith("[2/4]")
+            if second and "val_accuracy" in line:  # printed once the epoch is saved
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, _ = proc.communicate(timeout=600)
+    return proc.returncode, "".join(lines) + rest, log.read_text()
+
+
+def test_ctrl_c_resumes_loads_finished_loops_and_ignores_a_stale_backup(tmp_path):
+    out = tmp_path / "out"
+    write_quadrants(tmp_path / "gray.npz")
+    tiny = ["--smoke", "--epochs", "3", "--depth", "2", "--out", str(out)]
+
+    # 1. RGB synthetic shapes, interrupted in the second loop (mse)
+    rc, stdout, stderr = interrupt_in_second_loop(tiny, tmp_path / "1.log")
+    assert rc == 130, f"{stdout[-3000:]}\n{stderr[-3000:]}"
+    assert "rerun the same command (same --out) to resume" in stderr
+    assert (out / "backup" / "finished" / "cross_entropy.json").is_file()
+    assert (out / "backup" / "mse" / "state.json").is_file()
+
+    # 2. grayscale 20x20 images into the same --out: run 1's backups do not fit these models;
+    # they are set aside with a note, nothing is restored from them, no crash
+    gray = [*tiny, "--dataset", f"npz:{tmp_path / 'gray.npz'}", "--train-size", "400"]
+    rc, stdout, stderr = interrupt_in_second_loop(gray, tmp_path / "2.log")
+    assert rc == 130, f"{stdout[-3000:]}\n{stderr[-3000:]}"
+    assert "holds a backup of another run" in stdout
+    assert "loaded" not in stdout and "resuming" not in stdout
+    assert "400 train / 200 test images of shape (20, 20, 1), 4 classes" in stdout
+
+    # 3. the same command again: cross_entropy is loaded, mse resumes after its saved epoch
+    done = run_recipe("backprop", *gray)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "cross_entropy: finished before the interrupt, loaded" in done.stdout
+    assert "plan: 3 training loops x 3 epochs" in done.stdout
+    assert "resuming mse after epoch 1" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["args"]["train_size"] == 400 and results["args"]["epochs"] == 3
+    assert results["dataset"] == f"npz:{tmp_path / 'gray.npz'}"
+    assert not (out / "backup" / "finished").exists()  # done: a rerun starts afresh

@@ -7,10 +7,17 @@
 # tape's gradients of a tiny CNN against central finite differences in float64; compare
 # cross-entropy with mean squared error as the loss; and watch gradients vanish in a deep
 # sigmoid network but not in the same network with ReLU.
-# **Concepts** (source notes sections 2, 1): forward propagation, loss functions
-# (cross-entropy, mean squared error), backward propagation by the chain rule, gradient descent
-# updates; activation functions (sigmoid vs ReLU) and what they do to gradients.
-# Run: `make backprop` or `python -m recipes.backprop --help`.
+#
+# **Concepts:** forward propagation computes a prediction layer by layer; a loss function
+# (cross-entropy, mean squared error) scores how wrong it is; backward propagation applies the
+# chain rule from the loss back to every weight, giving the gradient; gradient descent moves
+# each weight a small step against its gradient. The activation function (sigmoid or ReLU)
+# decides how much gradient survives each layer on the way back.
+#
+# Run: `make backprop` or `python -m recipes.backprop --help`. In a notebook, flags come from
+# the `RECIPE_ARGS` environment variable instead of a command line: add a cell above the setup
+# cell with, e.g., `os.environ["RECIPE_ARGS"] = "--epochs 5 --dataset npz:/content/my.npz"`
+# (after `import os`; empty or unset means the defaults).
 
 # %%
 # Setup: make `common` importable. From a clone: go to the repository root (outputs land in
@@ -39,6 +46,27 @@ if os.path.isfile(os.path.join(root, "common", "__init__.py")):
     sys.path.insert(0, root)
 
 # %%
+from common import UserError, cli
+
+parser = cli.parser("backprop", "Forward and backward propagation made explicit: GradientTape vs "
+                    "fit(), a gradient check, cross-entropy vs MSE, vanishing gradients",
+                    dataset="synthetic:shapes", epochs=12, batch_size=64, budget_steps=1500)
+parser.add_argument("--equivalence-steps", type=int, default=30,
+                    help="training steps compared between fit() and the GradientTape loop")
+parser.add_argument("--learning-rate", type=float, default=0.02,
+                    help="SGD learning rate (momentum 0.9) of every model")
+parser.add_argument("--depth", type=int, default=8,
+                    help="conv layers of the plain network for sigmoid vs ReLU")
+args = cli.parse_args(parser)
+cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
+if args.equivalence_steps < 1 or args.depth < 2 or not args.learning_rate > 0:
+    raise UserError("--equivalence-steps must be >= 1, --depth >= 2 and --learning-rate > 0")
+synthetic_size = None  # the dataset's default: 3,000 training images of synthetic:shapes
+if args.smoke:  # every section runs, on less data and fewer epochs (explicit flags still win)
+    args.epochs, args.equivalence_steps = args.epochs or 2, min(args.equivalence_steps, 5)
+    args.train_size, synthetic_size = min(args.train_size or 800, 800), 800
+
+# %%
 from pathlib import Path
 
 import keras
@@ -46,36 +74,27 @@ import numpy as np
 import tensorflow as tf
 from matplotlib import pyplot as plt
 
-from common import UserError, callbacks, cli, data, metrics, pipeline, plots, saving
+from common import callbacks, data, metrics, pipeline, plots, saving
 
-parser = cli.parser("backprop", "Forward and backward propagation made explicit: GradientTape vs "
-                    "fit(), a gradient check, cross-entropy vs MSE, vanishing gradients",
-                    dataset="synthetic:shapes", epochs=12, batch_size=64)
-parser.add_argument("--equivalence-steps", type=int, default=30,
-                    help="training steps compared between fit() and the GradientTape loop")
-parser.add_argument("--learning-rate", type=float, default=0.02,
-                    help="SGD learning rate (momentum 0.9) of every model (default: %(default)s)")
-parser.add_argument("--depth", type=int, default=8,
-                    help="conv layers of the plain network for sigmoid vs ReLU (default: %(default)s)")
-args = cli.parse_args(parser)
-cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
-if args.equivalence_steps < 1 or args.depth < 2 or not args.learning_rate > 0:
-    raise UserError("--equivalence-steps must be >= 1, --depth >= 2 and --learning-rate > 0")
-num_examples = None
-if args.smoke:  # every section runs, on less data and fewer epochs
-    args.epochs, args.equivalence_steps, num_examples = 2, min(args.equivalence_steps, 5), 800
 out = Path(args.out)
-out.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]
 # ## Prepare the data
 #
 # Images stay in [0, 255]; every model starts with `Rescaling(1/255)`, so the saved model takes
 # raw images. The GradientTape loops read the same shuffled `tf.data` pipeline that `fit()` would.
+# `--train-size N` keeps a class-balanced subset of N training images (all by default).
+#
+# Four models are trained with our own loop (sections 4 and 5), each for about 1,500
+# optimisation steps by default: at most 12 epochs, at least 2, so 12 epochs on the default
+# data and 2 on a 60,000-image dataset (`--epochs` overrides it).
 
 # %%
-ds = data.require(data.load(args.dataset, seed=args.seed, num_examples=num_examples),
-                  data.Classification, args.dataset)
+ds = data.require(data.load(args.dataset, seed=args.seed, num_examples=(
+    synthetic_size if args.dataset.startswith("synthetic:") else None)),
+    data.Classification, args.dataset)
+ds.x_train, ds.y_train = cli.train_subset(args, ds.x_train, ds.y_train)
+steps_per_epoch = cli.training_budget(args, len(ds.x_train))  # resolves args.epochs
 input_shape, num_classes = ds.x_train.shape[1:], ds.num_classes
 if args.equivalence_steps * args.batch_size > len(ds.x_train):
     raise UserError(f"--equivalence-steps {args.equivalence_steps} x --batch-size "
@@ -85,6 +104,15 @@ train = pipeline.for_training(ds.x_train, ds.y_train, args.batch_size, seed=args
 test_images = pipeline.for_eval(ds.x_test)
 print(f"{args.dataset}: {len(ds.x_train)} train / {len(ds.x_test)} test images of shape "
       f"{input_shape}, {num_classes} classes")
+
+# The four training loops of sections 4 and 5. Loops that finished before an interrupt are
+# loaded on the rerun, not trained again (their record is written last, once complete).
+finished = callbacks.Finished(out, args)
+to_train = [name for name in ("cross_entropy", "mse", "plain_sigmoid", "plain_relu")
+            if not (finished.directory / f"{name}.json").is_file()]
+plan = None
+if to_train:
+    plan = callbacks.Plan(to_train, args.epochs, steps_per_epoch, what="training loops")
 
 # %% [markdown]
 # ## 1. The chain rule by hand
@@ -181,7 +209,8 @@ with_tape.set_weights(initial_weights)
 
 with_fit.compile(optimizer=sgd(), loss=keras.losses.SparseCategoricalCrossentropy(),
                  jit_compile=False)
-with_fit.fit(x_eq, y_eq, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
+with_fit.fit(x_eq, y_eq, batch_size=args.batch_size, epochs=1, shuffle=False,
+             verbose=callbacks.verbose())
 
 tape_step = make_train_step(with_tape, keras.losses.SparseCategoricalCrossentropy(), sgd())
 for start in range(0, n, args.batch_size):
@@ -273,37 +302,56 @@ print(f"gradient check of {num_checked} parameters: relative error max "
 # size of the gradient that reaches the output layer under each loss.
 
 # %%
+def predict(model):
+    """Softmax outputs on the test split, one plain call per batch (`model.predict` would
+    compile a new function for every model, and TensorFlow warns about the retracing)."""
+    return np.concatenate([model(images, training=False).numpy() for images in test_images])
+
+
 def train_with_tape(model, loss_fn, name):
     """Our training loop: history per epoch and every step's kernel-gradient norms per layer.
     Like fit() with BackupAndRestore, it saves after every epoch (weights, optimizer state,
-    history) to OUT/backup/NAME, and a rerun after Ctrl-C continues from the last saved epoch."""
+    history) to OUT/backup/NAME, and a rerun after Ctrl-C continues from the last saved epoch;
+    a loop that had finished before the interrupt is loaded instead of trained again."""
+    record = finished.load(name, model)
+    if record is not None:
+        return record["history"], np.array(record["norms"])
+    if plan is not None and name in to_train:
+        plan.start(name)
     optimizer = sgd()
     train_step = make_train_step(model, loss_fn, optimizer)
-    backup = callbacks.LoopBackup(out, name, model, optimizer)
+    backup = callbacks.LoopBackup(out, name, model, optimizer, args)
     state = backup.restore() or {"epoch": 0, "norms": [], "history": {
         "loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}}
     history, norms = state["history"], state["norms"]
     for epoch in range(state["epoch"], args.epochs):
+        print(f"{name}: epoch {epoch + 1}/{args.epochs}", flush=True)
+        progress = keras.utils.Progbar(steps_per_epoch, verbose=callbacks.verbose(),
+                                       stateful_metrics=["accuracy"])
         losses, correct, seen = [], 0, 0
-        for images, labels in train:
+        for step, (images, labels) in enumerate(train, start=1):
             loss, probabilities, kernel_norms = train_step(images, labels)
             losses.append(float(loss))
             correct += int((probabilities.numpy().argmax(-1) == labels.numpy()).sum())
             seen += len(labels)
             norms.append(kernel_norms.numpy().tolist())
+            progress.update(step, [("loss", losses[-1]), ("accuracy", correct / seen)],
+                            finalize=False)
         if not np.isfinite(losses).all():
             raise UserError(f"{name}: the loss diverged in epoch {epoch + 1}; use a smaller "
                             f"--learning-rate than {args.learning_rate}")
-        probabilities = model.predict(test_images, verbose=0)
+        probabilities = predict(model)
         history["loss"].append(float(np.mean(losses)))
         history["accuracy"].append(correct / seen)
         history["val_loss"].append(float(loss_fn(ds.y_test, probabilities)))
         history["val_accuracy"].append(float((probabilities.argmax(-1) == ds.y_test).mean()))
-        print(f"{name} epoch {epoch + 1}/{args.epochs}: loss {history['loss'][-1]:.4f} "
-              f"accuracy {history['accuracy'][-1]:.3f} val_accuracy "
-              f"{history['val_accuracy'][-1]:.3f}")
         state["epoch"] = epoch + 1
         backup.save(state)
+        # the epoch's line comes once it is saved: an interrupt from here on loses nothing
+        progress.update(step, [(k, v[-1]) for k, v in history.items()], finalize=True)
+        if plan is not None:
+            plan.epoch_done()
+    finished.save(name, model, {"history": history, "norms": norms})
     backup.finish()
     return history, np.array(norms)
 
@@ -334,8 +382,7 @@ axes[1].set(yscale="log", xlabel="training step", ylabel="gradient norm",
 for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-fig.savefig(out / "cross_entropy_vs_mse.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
+plots.save(fig, out / "cross_entropy_vs_mse.png")
 
 # %% [markdown]
 # ## 5. Vanishing gradients: sigmoid vs ReLU
@@ -395,8 +442,7 @@ axes[2].set(yscale="log", xlabel="layer (input -> output)", ylabel="mean kernel 
 axes[2].tick_params(axis="x", rotation=45)
 axes[2].grid(alpha=0.3)
 axes[2].legend()
-fig.savefig(out / "gradient_norms.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
+plots.save(fig, out / "gradient_norms.png")
 plots.training_curves(deep_histories, out / "deep_curves.png", metrics=("loss", "accuracy"),
                       title=f"plain {args.depth}-conv CNN: sigmoid vs ReLU")
 
@@ -407,7 +453,7 @@ plots.training_curves(deep_histories, out / "deep_curves.png", metrics=("loss", 
 # test split, saved for `predict` and `evaluate`.
 
 # %%
-y_pred = cross_entropy_model.predict(test_images, verbose=0).argmax(-1)
+y_pred = predict(cross_entropy_model).argmax(-1)
 plots.confusion_matrix(ds.y_test, y_pred, ds.class_names, out / "confusion.png")
 saving.save_classifier(cross_entropy_model, out, ds.class_names)
 
@@ -426,3 +472,4 @@ results = {
     **deep_results,
 }
 cli.finish(args, results, args.dataset)
+finished.clear()  # results.json is written: a rerun starts a new run

@@ -6,13 +6,17 @@
 # pooling against spatial pyramid pooling (with a measured translation-invariance score), and
 # the network used as a feature extractor for a linear classifier.
 #
-# **Concepts** (source notes section 1): convolutional layers are banks of small learned
-# filters slid over the image, each producing a feature map that lights up where its pattern
-# occurs; activation functions make the stack non-linear; pooling shrinks the maps and buys
-# some tolerance to small shifts; fully connected layers turn the pooled features into a
-# decision.
+# **Concepts:** a convolutional layer is a bank of small learned filters slid over the image;
+# each filter produces a feature map that lights up where its pattern occurs. Activation
+# functions make the stack of layers non-linear (without them it would collapse into one
+# linear map). Pooling shrinks the maps and buys some tolerance to small shifts. Fully
+# connected layers turn the pooled features into a decision.
 #
-# Run: `make feature_extraction` or `python -m recipes.feature_extraction --help`.
+# Run: `make feature_extraction` or `python -m recipes.feature_extraction --help`. In a
+# notebook, flags come from the `RECIPE_ARGS` environment variable instead of a command line:
+# add a cell above the setup cell with, e.g.,
+# `os.environ["RECIPE_ARGS"] = "--variants relu,spp --dataset npz:/content/my.npz"`
+# (after `import os`; empty or unset means the defaults).
 
 # %%
 # Setup: make `common` importable. From a clone: go to the repository root (outputs land in
@@ -41,40 +45,78 @@ if os.path.isfile(os.path.join(root, "common", "__init__.py")):
     sys.path.insert(0, root)
 
 # %%
+import argparse
+
+from common import cli
+
+# The variants compared: one piece of the reference network (ReLU, max pooling, flattened
+# last maps) changed at a time. `relu` is the reference and is also reported as `max_pool`.
+VARIANTS = {
+    "relu": dict(activation="relu", pooling="max"),
+    "sigmoid": dict(activation="sigmoid", pooling="max"),
+    "average_pool": dict(activation="relu", pooling="average"),
+    "spp": dict(activation="relu", pooling="max", head="spp"),
+}
+SYNTHETIC_SIZE = 6000  # training images drawn for synthetic:shapes (1,200 more for the test)
+
+
+def variant_list(value: str) -> list[str]:
+    names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {', '.join(unknown) or repr(value)}; valid variants: "
+            f"{', '.join(VARIANTS)} (comma-separated, e.g. relu,spp)")
+    return names
+
+
+parser = cli.parser("feature_extraction", "What a small CNN extracts, layer by layer.",
+                    dataset="synthetic:shapes", epochs=12, batch_size=64, budget_steps=1500)
+parser.add_argument("--variants", type=variant_list, default=",".join(VARIANTS),
+                    help="comma-separated variants to train and compare; relu is the "
+                         "reference (ReLU, max pooling) and the saved model")
+parser.add_argument("--max-shift", type=int, default=8,
+                    help="largest shift in pixels for the translation test")
+args = cli.parse_args(parser)
+cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
+if args.max_shift < 1:
+    parser.error(f"--max-shift must be at least 1 pixel, got {args.max_shift}")
+synthetic_size = SYNTHETIC_SIZE
+if args.smoke:  # every code path on a small budget (explicit flags still win)
+    args.epochs, args.batch_size, args.max_shift = args.epochs or 4, 32, min(args.max_shift, 4)
+    args.train_size, synthetic_size = min(args.train_size or 1500, 1500), 1500
+
+# %%
 import time
 from pathlib import Path
 
 import keras
+import matplotlib.pyplot as plt
 import numpy as np
 from keras import layers
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from common import callbacks, cli, data, metrics, pipeline, plots, saving
+from common import callbacks, data, metrics, pipeline, plots, saving
 
-parser = cli.parser("feature_extraction", train_size=False, description="What a small CNN extracts, layer by layer.",
-                    dataset="synthetic:shapes", epochs=12, batch_size=64)
-parser.add_argument("--train-size", type=int, default=6000,
-                    help="synthetic datasets: number of training images (default: %(default)s)")
-parser.add_argument("--max-shift", type=int, default=8,
-                    help="largest shift in pixels for the translation test (default: %(default)s)")
-args = cli.parse_args(parser)
-cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
-if args.smoke:
-    args.epochs, args.train_size, args.batch_size, args.max_shift = 4, 1500, 32, 4
 out = Path(args.out)
 
 # %% [markdown]
 # ## Prepare the data
 #
 # The offline default is `synthetic:shapes`: ten shape classes drawn with random size,
-# position, rotation, colours, textures and backgrounds. Any classification spec works, e.g.
-# real MNIST digits with `--dataset npz:../shared/data/mnist10k.npz`.
+# position, rotation, colours, textures and backgrounds (6,000 training images). Any
+# classification spec works, e.g. real MNIST digits with
+# `--dataset npz:../shared/data/mnist10k.npz`; `--train-size N` keeps a class-balanced subset
+# of N training images of any dataset (all of them by default).
 
 # %%
-ds = data.require(data.load(args.dataset, seed=args.seed, num_examples=args.train_size),
-                  data.Classification, args.dataset)
+ds = data.require(data.load(args.dataset, seed=args.seed, num_examples=(
+    max(synthetic_size, args.train_size or 0) if args.dataset.startswith("synthetic:") else None)),
+    data.Classification, args.dataset)
+ds.x_train, ds.y_train = cli.train_subset(args, ds.x_train, ds.y_train)
+steps_per_epoch = cli.training_budget(args, len(ds.x_train))  # resolves args.epochs
 input_shape = ds.x_train.shape[1:]
 print(f"{len(ds.x_train)} train / {len(ds.x_test)} test images of shape {input_shape}, "
       f"{ds.num_classes} classes")
@@ -141,29 +183,42 @@ make_cnn().summary()
 # %% [markdown]
 # ## Train the variants
 #
-# Same data, same budget, one piece changed at a time. The ReLU + max-pooling network is the
-# reference (`relu`, also reported as `max_pool`). Callbacks checkpoint every epoch, so an
-# interrupted run continues where it stopped when rerun with the same `--out`.
+# Same data, same budget, one piece changed at a time (`--variants` picks which). By default
+# each variant trains for about 1,500 optimisation steps, at most 12 epochs and at least 2:
+# 12 epochs on the default data, 2 on a 60,000-image dataset (`--epochs` overrides it). The
+# plan line says how many steps that is, and the first epochs measure how long it will take.
+#
+# Each epoch is backed up: an interrupted run (Ctrl-C) continues where it stopped when rerun
+# with the same command, and variants that had already finished are loaded, not retrained.
 
 # %%
-variants = {
-    "relu": dict(activation="relu", pooling="max"),
-    "sigmoid": dict(activation="sigmoid", pooling="max"),
-    "average_pool": dict(activation="relu", pooling="average"),
-    "spp": dict(activation="relu", pooling="max", head="spp"),
-}
+finished = callbacks.Finished(out, args)
+# variants that finished before an interrupt are loaded below (their record is written last)
+to_train = [n for n in args.variants if not (finished.directory / f"{n}.json").is_file()]
+plan = callbacks.Plan(to_train, args.epochs, steps_per_epoch) if to_train else None
 models, histories, seconds = {}, {}, {}
-for name, config in variants.items():
-    keras.utils.set_random_seed(args.seed)
-    models[name] = make_cnn(**config, name=name)
-    start = time.time()
-    history = models[name].fit(train, validation_data=test, epochs=args.epochs, verbose=2,
-                               callbacks=callbacks.standard(out, name))
-    histories[name], seconds[name] = history.history, time.time() - start
-plots.training_curves({k: histories[k] for k in ("relu", "sigmoid")}, out / "relu_vs_sigmoid.png",
-                      title="ReLU vs sigmoid: same network, same budget")
-plots.training_curves({k: histories[k] for k in ("relu", "average_pool", "spp")},
-                      out / "pooling_curves.png", title="max vs average vs pyramid pooling")
+for name in args.variants:
+    keras.utils.set_random_seed(args.seed)  # every variant starts from the same random state
+    models[name] = make_cnn(**VARIANTS[name], name=name)
+    record = finished.load(name, models[name])
+    if record is None:
+        progress = [plan.callback(name)] if name in to_train else []
+        start = time.time()
+        history = models[name].fit(train, validation_data=test, epochs=args.epochs,
+                                   verbose=callbacks.verbose(),
+                                   callbacks=progress + callbacks.standard(out, name, args))
+        record = {"history": history.history, "seconds": time.time() - start}
+        finished.save(name, models[name], record)
+    histories[name], seconds[name] = record["history"], record["seconds"]
+
+if {"relu", "sigmoid"} <= set(histories):
+    plots.training_curves({k: histories[k] for k in ("relu", "sigmoid")},
+                          out / "relu_vs_sigmoid.png",
+                          title="ReLU vs sigmoid: same network, same budget")
+pooling = [k for k in ("relu", "average_pool", "spp") if k in histories]
+if len(pooling) > 1:
+    plots.training_curves({k: histories[k] for k in pooling}, out / "pooling_curves.png",
+                          title="max vs average vs pyramid pooling")
 
 # %% [markdown]
 # ## Evaluate: accuracy and translation invariance
@@ -175,6 +230,15 @@ plots.training_curves({k: histories[k] for k in ("relu", "average_pool", "spp")}
 
 
 # %%
+def predict(model, images, batch_size=256):
+    """The model's outputs for `images`, one plain call per batch. (`model.predict` would
+    compile a new function for each model, and TensorFlow warns about the retracing.)"""
+    return np.concatenate([
+        keras.ops.convert_to_numpy(model(images[i : i + batch_size].astype("float32"),
+                                         training=False))
+        for i in range(0, len(images), batch_size)])
+
+
 def shift(images, dy, dx):
     """Translate a batch by (dy, dx) pixels, replicating the border instead of adding black."""
     p = max(abs(dy), abs(dx))
@@ -192,26 +256,24 @@ for i, d in enumerate(shifts):
     for k, (dy, dx) in enumerate(unit):
         chosen = directions == k
         shifted[i, chosen] = shift(ds.x_test[chosen], dy * d, dx * d)
-shifted = shifted.reshape(-1, *ds.x_test.shape[1:])
+shifted = shifted.reshape(-1, *input_shape)
 
-scores, consistency, shifted_accuracy = {}, {}, {}
+scores, consistency, shifted_accuracy, test_predictions = {}, {}, {}, {}
 for name, model in models.items():
-    y_pred = model.predict(test, verbose=0).argmax(-1)
+    y_pred = test_predictions[name] = predict(model, ds.x_test).argmax(-1)
+    y_shifted = predict(model, shifted).argmax(-1).reshape(len(shifts), -1)
     scores[name] = metrics.classification(ds.y_test, y_pred, ds.num_classes)
     scores[name]["train_seconds"] = seconds[name]
-    y_shifted = model.predict(pipeline.for_eval(shifted), verbose=0).argmax(-1)
-    y_shifted = y_shifted.reshape(len(shifts), -1)
     consistency[name] = (y_shifted == y_pred).mean(axis=1).tolist()
     scores[name]["shift_consistency"] = float(np.mean(consistency[name]))
     # a model that always says the same class is perfectly "invariant": read both numbers
     shifted_accuracy[name] = (y_shifted == ds.y_test).mean(axis=1).tolist()
     scores[name]["shifted_accuracy"] = float(np.mean(shifted_accuracy[name]))
-scores["max_pool"] = scores["relu"]
-
-import matplotlib.pyplot as plt
+if "relu" in scores:
+    scores["max_pool"] = scores["relu"]
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-for name in ("relu", "average_pool", "spp", "sigmoid"):
+for name in models:
     label = "max_pool (relu)" if name == "relu" else name
     axes[0].plot(list(shifts), consistency[name], marker="o", label=label)
     axes[1].plot(list(shifts), shifted_accuracy[name], marker="o", label=label)
@@ -222,12 +284,13 @@ for ax, ylabel in zip(axes, ("prediction unchanged (share)", "accuracy on shifte
 axes[0].set_title("translation invariance")
 axes[1].set_title("still right after the shift")
 axes[0].legend()
-fig.savefig(out / "translation_invariance.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
+plots.save(fig, out / "translation_invariance.png")
 
-reference = models["relu"]
-y_pred = reference.predict(test, verbose=0).argmax(-1)
-plots.confusion_matrix(ds.y_test, y_pred, ds.class_names, out / "confusion.png")
+# the reference network (ReLU, max pooling) is the one saved; without it, the first variant
+reference_name = "relu" if "relu" in models else args.variants[0]
+reference = models[reference_name]
+plots.confusion_matrix(ds.y_test, test_predictions[reference_name], ds.class_names,
+                       out / "confusion.png", title=f"confusion matrix: {reference_name}")
 saving.save_classifier(reference, out, ds.class_names)
 
 # %% [markdown]
@@ -246,9 +309,9 @@ plots.image_grid(filters, [f"#{i}" for i in range(len(filters))], out / "filters
                  title="first-layer filters (3x3, min-max scaled)", cmap="gray")
 
 stages = ["conv1", "pool1", "conv2", "pool2", "conv3"]
-probe = keras.Model(reference.inputs, [reference.get_layer(s).output for s in stages])
+probe = keras.Model(reference.input, [reference.get_layer(s).output for s in stages])
 examples = ds.x_test[:2]
-maps = probe.predict(examples.astype("float32"), verbose=0)
+maps = [keras.ops.convert_to_numpy(m) for m in probe(examples.astype("float32"))]
 tiles, titles = [], []
 for i, image in enumerate(examples):
     for stage, stage_maps in zip(stages, maps):
@@ -271,9 +334,8 @@ plots.image_grid(tiles, titles, out / "feature_maps.png", ncols=7, cmap="viridis
 # values is slow to fit on a CPU).
 
 # %%
-extractor = keras.Model(reference.inputs, reference.get_layer("features").output)
-train_features = extractor.predict(pipeline.for_eval(ds.x_train), verbose=0)
-test_features = extractor.predict(test, verbose=0)
+extractor = keras.Model(reference.input, reference.get_layer("features").output)
+train_features, test_features = predict(extractor, ds.x_train), predict(extractor, ds.x_test)
 
 
 def linear_probe(x_train, x_test, n=2000):
@@ -287,7 +349,7 @@ scores["linear_probe"] = {
     "raw_pixels_accuracy": linear_probe(ds.x_train.reshape(len(ds.x_train), -1) / 255.0,
                                         ds.x_test.reshape(len(ds.x_test), -1) / 255.0),
 }
-plots.bars({name: scores[name]["test_accuracy"] for name in variants}
+plots.bars({name: scores[name]["test_accuracy"] for name in models}
            | {"probe_cnn": scores["linear_probe"]["cnn_features_accuracy"],
               "probe_pixels": scores["linear_probe"]["raw_pixels_accuracy"]},
            out / "accuracy.png", "test accuracy", "variants and linear probes")
@@ -300,5 +362,6 @@ plots.bars({name: scores[name]["test_accuracy"] for name in variants}
 # predictions unchanged under 1..8 pixel shifts), `shifted_accuracy` and `train_seconds`.
 
 # %%
-results = {"test_accuracy": scores["relu"]["test_accuracy"], **scores}
+results = {"test_accuracy": scores[reference_name]["test_accuracy"], **scores}
 cli.finish(args, results, args.dataset)
+finished.clear()  # results.json is written: a rerun starts a new run
