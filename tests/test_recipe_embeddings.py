@@ -1,9 +1,12 @@
-"""Smoke and bad-input tests of recipes/embeddings."""
+"""Smoke, resume and bad-input tests of recipes/embeddings."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
-from conftest import run_recipe, smoke
+from conftest import ENV, ROOT, run_recipe
 from PIL import Image, ImageDraw
 
 METHODS = ("embedding", "classifier_features", "raw_pixels")
@@ -23,18 +26,55 @@ def bar_image(orientation: int, rng: np.random.Generator, size: int = 20) -> np.
     return np.asarray(image.resize((size, size), Image.Resampling.BOX))
 
 
-def write_bars(path, n_train: int = 1600, n_test: int = 400, seed: int = 0):
+def write_bars(path, n_train: int = 2000, n_test: int = 400, seed: int = 0):
     rng = np.random.default_rng(seed)
     y, yt = np.arange(n_train) % 8, np.arange(n_test) % 8
     np.savez(path, x_train=np.stack([bar_image(c, rng) for c in y]), y_train=y,
              x_test=np.stack([bar_image(c, rng) for c in yt]), y_test=yt)
 
 
+def interrupt(*args: str, after: str) -> subprocess.CompletedProcess:
+    """Start `python -m recipes.embeddings ARGS`, press Ctrl-C once a stdout line contains
+    `after`, and return what it printed."""
+    child = subprocess.Popen([sys.executable, "-m", "recipes.embeddings", *args], cwd=ROOT,
+                             env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    printed = []
+    try:
+        for line in child.stdout:
+            printed.append(line)
+            if after in line:
+                child.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = child.communicate(timeout=300)
+    finally:
+        child.kill()
+    return subprocess.CompletedProcess(child.args, child.returncode, "".join(printed) + stdout,
+                                       stderr)
+
+
 def test_smoke(tmp_path):
-    write_bars(tmp_path / "bars.npz")
     out = tmp_path / "out"
-    results = smoke("embeddings", out, "--dataset", f"npz:{tmp_path / 'bars.npz'}")
+    # A run on 32x32 RGB shapes, interrupted during its first network: its backup stays in
+    # OUT/backup. The run below, on 20x20 grayscale bars into the same --out, must not
+    # restore it (the shapes would not fit) but say so and start clean.
+    stopped = interrupt("--smoke", "--out", str(out), after="Epoch 2/")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "rerun the same command" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert (out / "backup" / "embedding" / "run.json").is_file()
+
+    write_bars(tmp_path / "bars.npz")
+    done = run_recipe("embeddings", "--smoke", "--out", str(out), "--train-size", "800",
+                      "--dataset", f"npz:{tmp_path / 'bars.npz'}")
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert "holds a backup of another run" in done.stdout
+    # progress: the plan before training, then one line per epoch (stdout is not a terminal)
+    assert "plan: 2 models x 6 epochs x 13 steps" in done.stdout, done.stdout[:2000]
+    assert "[2/2] classifier" in done.stdout and "Epoch 6/6" in done.stdout
+    results = json.loads((out / "results.json").read_text())
     m = results["metrics"]
+    # --train-size 800: 800 of the 1,000 training images of the 4 seen orientations
+    assert m["train_images"] == 800 and "train: 800 images of 4 classes" in done.stdout
     for method in METHODS:
         assert set(METRICS) <= set(m[method]), method
         assert all(0 <= m[method][k] <= 1 for k in METRICS), m[method]
@@ -97,6 +137,12 @@ def test_bad_input(tmp_path):
     assert done.returncode == 2 and "--seen-classes 9: valid values are 2..8" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "b" / "results.json").exists()
+
+    # --num-examples sizes generated data only; real data is subset with --train-size
+    done = run_recipe("embeddings", "--num-examples", "500", "--dataset", "npz:any.npz",
+                      "--out", str(tmp_path / "c"))
+    assert done.returncode == 2 and "use --train-size N" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
 
     # predict: a gallery without a single image is a clear error, not an empty answer
     import keras

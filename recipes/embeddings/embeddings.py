@@ -6,10 +6,16 @@
 # loss), then use those vectors for retrieval and k-NN classification of classes the network
 # never saw. Two baselines keep the result honest: the penultimate features of a plain softmax
 # classifier trained on the same images, and raw pixels compared by cosine similarity.
-# **Concepts** (source notes sections 9, 18, 48): an image embedding is a compact representation
-# that downstream tasks (search, de-duplication, k-NN classification, clustering) reuse; features
-# learned on one set of classes transfer to new ones.
-# Run: `make embeddings` or `python -m recipes.embeddings --help`.
+#
+# **Concepts:** an image embedding is a short vector that keeps what matters about an image's
+# content, so that downstream tasks (search, de-duplication, k-NN classification, clustering)
+# work on vectors instead of pixels; and features a network learns on one set of classes carry
+# over to new, related classes, which is why the embedding can be judged on classes it never saw.
+#
+# Run: `make embeddings` or `python -m recipes.embeddings --help`. In a notebook, pass flags
+# through `RECIPE_ARGS` in a cell above the setup cell, e.g.
+# `os.environ["RECIPE_ARGS"] = "--epochs 5 --dataset npz:/content/my.npz"` (there it replaces
+# the command line; empty or unset: the defaults).
 
 # %%
 # Setup: make `common` importable. From a clone: go to the repository root (outputs land in
@@ -37,6 +43,40 @@ if os.path.isfile(os.path.join(root, "common", "__init__.py")):
     os.chdir(root)
     sys.path.insert(0, root)
 
+# %% [markdown]
+# ## Flags
+#
+# The flags are read before the heavy imports, so that `--help` answers at once. The training
+# budget scales with the data: by default each network gets about 1,000 optimisation steps,
+# 25 epochs at most (what the default data needs) and fewer on a large dataset.
+
+# %%
+from common import UserError, cli
+
+SYNTHETIC_IMAGES = 10_000  # training images generated for a synthetic dataset by default
+
+parser = cli.parser("embeddings", "Metric-learning image embeddings, evaluated on unseen classes",
+                    dataset="synthetic:shapes", epochs=25, batch_size=128, budget_steps=1000)
+parser.add_argument("--loss", choices=("cosface", "supcon"), default="cosface",
+                    help="additive-margin softmax (cosface) or supervised contrastive (supcon)")
+parser.add_argument("--embedding-dim", type=int, default=64, help="length of the embedding")
+parser.add_argument("--temperature", type=float, default=0.1, help="supcon temperature")
+parser.add_argument("--margin", type=float, default=0.1, help="cosface cosine margin")
+parser.add_argument("--scale", type=float, default=10.0, help="cosface logit scale")
+parser.add_argument("--seen-classes", type=int, default=None,
+                    help="train on the first N classes, evaluate on the rest (default: half)")
+num_examples_help = (f"synthetic datasets only: how many training images to generate (default: "
+                     f"{SYNTHETIC_IMAGES:,}; the test split gets a fifth as many). To train on "
+                     "fewer images of any dataset, use --train-size")
+parser.add_argument("--num-examples", type=int, default=None, help=num_examples_help)
+parser.evaluate.add_argument("--seen-classes", type=int, default=None,
+                             help="as in training: the first N classes were seen (default: half)")
+parser.evaluate.add_argument("--num-examples", type=int, default=None, help=num_examples_help)
+parser.predict.add_argument("--gallery", default=None,
+                            help="folder of images: print each file's nearest gallery images")
+parser.predict.add_argument("--top-k", type=int, default=5, help="neighbours per file")
+args = cli.parse_args(parser)
+
 # %%
 import json
 import time
@@ -48,26 +88,7 @@ import numpy as np
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from common import UserError, callbacks, cli, data, pipeline, plots, results, saving
-
-parser = cli.parser("embeddings", "Metric-learning image embeddings, evaluated on unseen classes",
-                    dataset="synthetic:shapes", epochs=25, batch_size=128)
-parser.add_argument("--loss", choices=("cosface", "supcon"), default="cosface",
-                    help="additive-margin softmax or supervised contrastive (%(default)s)")
-parser.add_argument("--embedding-dim", type=int, default=64)
-parser.add_argument("--temperature", type=float, default=0.1, help="supcon temperature")
-parser.add_argument("--margin", type=float, default=0.1, help="cosface cosine margin")
-parser.add_argument("--scale", type=float, default=10.0, help="cosface logit scale")
-parser.add_argument("--seen-classes", type=int, default=None,
-                    help="train on the first N classes, evaluate on the rest (default: half)")
-parser.add_argument("--num-examples", type=int, default=None,
-                    help="synthetic: images to make (default 10000); else: cap on train images")
-parser.evaluate.add_argument("--seen-classes", type=int, default=None)
-parser.evaluate.add_argument("--num-examples", type=int, default=None)
-parser.predict.add_argument("--gallery", default=None,
-                            help="folder of images: print each file's nearest gallery images")
-parser.predict.add_argument("--top-k", type=int, default=5)
-args = cli.parse_args(parser)
+from common import callbacks, data, pipeline, plots, results, saving
 
 # %% [markdown]
 # ## Retrieval metrics
@@ -127,8 +148,14 @@ def retrieval_metrics(vectors: np.ndarray, labels: np.ndarray, knn: int = 5) -> 
 
 
 def load_dataset(spec, seed, num_examples=None, image_size=None, channels=None):
-    """A labelled dataset; synthetic ones get 10,000 images unless --num-examples says otherwise."""
-    n = num_examples or (10000 if spec.startswith("synthetic:") else None)
+    """A labelled dataset; a synthetic one is generated with `num_examples` training images."""
+    synthetic = spec.startswith("synthetic:")
+    if num_examples is not None and not synthetic:
+        raise UserError(f"--num-examples sets how many synthetic images to generate; {spec} is "
+                        "not synthetic: use --train-size N to train on fewer of its images")
+    if num_examples is not None and num_examples < 1:
+        raise UserError(f"--num-examples {num_examples}: valid values are 1 or more")
+    n = (num_examples or SYNTHETIC_IMAGES) if synthetic else None
     return data.require(data.load(spec, seed=seed, num_examples=n, image_size=image_size,
                                   channels=channels), data.Classification, spec)
 
@@ -215,8 +242,10 @@ if args.embedding_dim < 2 or args.temperature <= 0 or args.scale <= 0 or args.ma
     raise UserError("valid values: --embedding-dim >= 2, --temperature > 0, --scale > 0, "
                     "--margin >= 0")
 monitor_size, projection_size = 1000, 1000
-if args.smoke:
+if args.smoke:  # a tiny run: 2,000 synthetic images, or at most 1,000 training images of others
     args.epochs, args.batch_size = 6, 64
+    args.num_examples = 2000 if args.dataset.startswith("synthetic:") else args.num_examples
+    args.train_size = min(args.train_size or 1000, 1000)
     monitor_size, projection_size = 200, 200
 
 # %% [markdown]
@@ -226,13 +255,15 @@ if args.smoke:
 # (shapes: circle, ring, square, frame, triangle; MNIST: digits 0-4) and every number below is
 # measured on the other half. The held-out classes' *training-split* images, never trained on,
 # serve as a validation set (a retrieval score per epoch); their *test-split* images give the
-# final scores.
+# final scores. `--train-size N` trains on a class-balanced subset of N of the seen classes'
+# images. The budget: `--epochs` is resolved here, from the number of training images.
 
 # %%
-ds = load_dataset(args.dataset, args.seed, 2000 if args.smoke else args.num_examples)
+ds = load_dataset(args.dataset, args.seed, args.num_examples)
 seen = unseen_split(ds, args.seen_classes)
 train_mask, test_seen = ds.y_train < seen, ds.y_test < seen
-x_train, y_train = ds.x_train[train_mask], ds.y_train[train_mask]
+x_train, y_train = cli.train_subset(args, ds.x_train[train_mask], ds.y_train[train_mask])
+steps_per_epoch = cli.training_budget(args, len(x_train))
 x_val, y_val = ds.x_train[~train_mask][:monitor_size], ds.y_train[~train_mask][:monitor_size]
 x_test, y_test = ds.x_test[~test_seen], ds.y_test[~test_seen]
 if len(x_val) < 2 or len(x_test) < 2:
@@ -242,7 +273,6 @@ print(f"train: {len(x_train)} images of {seen} classes {ds.class_names[:seen]}; 
       f"test: {len(x_test)} images of unseen classes {unseen_names}")
 augment = keras.Sequential([keras.layers.RandomTranslation(0.1, 0.1),
                             keras.layers.RandomRotation(0.05)], name="augment")
-train = pipeline.for_training(x_train, y_train, args.batch_size, augment=augment, seed=args.seed)
 validation = pipeline.for_eval(ds.x_test[test_seen], ds.y_test[test_seen])
 plots.image_grid(x_test[:16], [ds.class_names[c] for c in y_test[:16]],
                  Path(args.out) / "unseen_examples.png", title="held-out classes (never trained)")
@@ -344,7 +374,10 @@ else:
 # Same data, augmentation (small shifts and rotations), optimiser and epochs for both networks.
 # A callback embeds the held-out classes' validation images after each epoch and logs their
 # MAP@R, so the curves show what the loss alone hides: whether the embedding is getting better
-# *on classes it never sees*.
+# *on classes it never sees*. Before training, a plan line gives the number of models, epochs
+# and steps; after the first epochs, the estimated time. If a run is interrupted (Ctrl-C), the
+# same command resumes it: a network that had finished is loaded, the other resumes from its
+# last epoch.
 
 
 # %%
@@ -359,24 +392,37 @@ class UnseenRetrieval(keras.callbacks.Callback):
 
 
 def fit(model, loss, metrics, name, model_to_embed):
-    steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(1e-3, steps)
+    """Train one network; returns its history and seconds (kept until the run is complete)."""
+    started = time.time()
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, args.epochs * steps_per_epoch)
     model.compile(keras.optimizers.Adam(schedule), loss, metrics=metrics)
-    history = model.fit(train, validation_data=validation, epochs=args.epochs, verbose=2,
-                        callbacks=[UnseenRetrieval(model_to_embed),
-                                   *callbacks.standard(args.out, name)])
-    return history.history
+    # a new pipeline per network: each sees the same batches whichever trained first
+    train = pipeline.for_training(x_train, y_train, args.batch_size, augment=augment,
+                                  seed=args.seed)
+    history = model.fit(train, validation_data=validation, epochs=args.epochs,
+                        verbose=callbacks.verbose(),
+                        callbacks=[UnseenRetrieval(model_to_embed), plan.callback(name),
+                                   *callbacks.standard(args.out, name, args)])
+    record = {"history": history.history, "seconds": time.time() - started}
+    finished.save(name, model, record)
+    return record
 
 
-seconds = {}
-started = time.time()
-histories = {f"embedding ({args.loss})": fit(trainer, loss, train_metrics, "embedding", embedder)}
-seconds["embedding"] = time.time() - started
-started = time.time()
-histories["classifier"] = fit(
-    classifier, keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"],
-    "classifier", classifier_features)
-seconds["classifier"] = time.time() - started
+networks = {  # name: (model trained, its loss and metrics, model whose output is the embedding)
+    "embedding": (trainer, loss, train_metrics, embedder),
+    "classifier": (classifier, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   ["accuracy"], classifier_features),
+}
+finished = callbacks.Finished(args.out, args)  # networks that finished before an interrupt
+records = {name: finished.load(name, network[0]) for name, network in networks.items()}
+to_train = [name for name, record in records.items() if record is None]
+if to_train:
+    plan = callbacks.Plan(to_train, args.epochs, steps_per_epoch)
+for name in to_train:
+    model, model_loss, model_metrics, model_to_embed = networks[name]
+    records[name] = fit(model, model_loss, model_metrics, name, model_to_embed)
+histories = {f"embedding ({args.loss})": records["embedding"]["history"],
+             "classifier": records["classifier"]["history"]}
 embedder.save(Path(args.out) / "model.keras")
 plots.training_curves(histories, Path(args.out) / "training_curves.png",
                       metrics=("loss", "unseen_map_at_r"),
@@ -406,8 +452,7 @@ ax.set_xticks(range(len(names)), names)
 ax.set_ylim(0, 1.05)
 ax.set_title("retrieval on unseen classes")
 ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
-fig.savefig(Path(args.out) / "metrics.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
+plots.save(fig, Path(args.out) / "metrics.png")
 
 # %% [markdown]
 # ### A 2-D map of each embedding (t-SNE), coloured by unseen class
@@ -428,8 +473,7 @@ for ax, (name, v) in zip(axes, vectors.items()):
     ax.set_xticks([])
     ax.set_yticks([])
 axes[-1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
-fig.savefig(Path(args.out) / "projection.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
+plots.save(fig, Path(args.out) / "projection.png")
 
 # %% [markdown]
 # ### Queries and their nearest neighbours
@@ -465,7 +509,9 @@ scores.update({
     "seen_classes": seen,
     "unseen_test_images": len(x_test),
     "images_per_second": images_per_second,
-    "embedding_train_seconds": seconds["embedding"],
-    "classifier_train_seconds": seconds["classifier"],
+    "train_images": len(x_train),
+    "embedding_train_seconds": records["embedding"]["seconds"],
+    "classifier_train_seconds": records["classifier"]["seconds"],
 })
 cli.finish(args, scores, args.dataset)
+finished.clear()  # results.json is written: nothing left to resume
