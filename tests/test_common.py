@@ -1,7 +1,6 @@
 """Unit tests of the common layer: every dataset spec, each bad-input error, pipelines, results."""
 
 import json
-import sys
 import time
 
 import numpy as np
@@ -350,40 +349,3 @@ def test_custom_loop_backup_resumes_weights_optimizer_and_state(tmp_path):
     # momentum slots and weights came back: the resumed losses equal the uninterrupted ones
     np.testing.assert_allclose(resumed["losses"], straight["losses"], rtol=1e-6)
     assert not (tmp_path / "backup" / "loop").exists()  # removed once training finished
-
-
-def test_augmented_training_batches_are_reproducible():
-    """The random augmentation map runs in one thread by default: same seed, same batches."""
-    import keras
-
-    from common import pipeline
-
-    x = np.random.default_rng(0).integers(0, 255, (512, 16, 16, 3)).astype(np.uint8)
-    y = np.arange(512) % 4
-
-    def batches():
-        keras.utils.set_random_seed(3)
-        augment = keras.Sequential([keras.layers.RandomRotation(0.2, seed=1),
-                                    keras.layers.RandomErasing(seed=2)])
-        return np.concatenate([b.numpy() for b, _ in
-                               pipeline.for_training(x, y, 32, augment=augment, seed=3)])
-
-    assert pipeline.PARALLEL_AUGMENTATION is False and pipeline.augment_calls() is None
-    first, second = batches(), batches()
-    assert not np.array_equal(np.sort(first.ravel()), np.sort(x.astype(np.float32).ravel()))
-    np.testing.assert_array_equal(first, second)
-
-
-def test_parallel_augmentation_flag_switches_the_pipeline(monkeypatch):
-    from common import cli, pipeline
-
-    parser = cli.parser("demo", "a demo recipe")
-    monkeypatch.setattr(sys, "argv", ["demo", "--parallel-augmentation"])
-    try:
-        assert cli.parse_args(parser).parallel_augmentation is True
-        assert pipeline.augment_calls() == pipeline.AUTOTUNE
-        monkeypatch.setattr(sys, "argv", ["demo"])
-        cli.parse_args(parser)
-        assert pipeline.augment_calls() is None  # the reproducible default
-    finally:
-        pipeline.PARALLEL_AUGMENTATION = False

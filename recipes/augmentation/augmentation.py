@@ -140,12 +140,16 @@ print(f"{len(x_train)} train / {len(x_test)} test images of shape {input_shape},
 # out shrinks); random erasing is Cutout with a random position, size and noise fill. Gamma
 # has no built-in layer: a short function is enough. MixUp and CutMix change the labels too
 # (one-hot labels become soft mixtures), so the pipeline hands them `(images, labels)`.
+# Every random draw goes through a Keras `SeedGenerator` (the layers have their own, gamma and
+# the policies below get one): the pipeline then derives each batch's draws from a seed of its
+# own, so the parallel map gives bit-identical batches on a rerun with the same `--seed`.
 
 # %%
-def random_gamma(images):
+def random_gamma(images, seed):
     """Gamma correction with gamma log-uniform in [1/2, 2] per image: shadows and highlights."""
-    gamma = tf.exp(tf.random.uniform([tf.shape(images)[0], 1, 1, 1], -math.log(2), math.log(2)))
-    return 255.0 * tf.pow(images / 255.0, gamma)
+    log_gamma = keras.random.uniform([tf.shape(images)[0], 1, 1, 1], -math.log(2), math.log(2),
+                                     seed=seed)
+    return 255.0 * tf.pow(images / 255.0, tf.exp(log_gamma))
 
 
 def technique(name, seed):
@@ -163,7 +167,8 @@ def technique(name, seed):
     if name == "contrast":
         return layers.RandomContrast(0.6, value_range=(0, 255), seed=seed)
     if name == "gamma":
-        return random_gamma
+        generator = keras.random.SeedGenerator(seed)
+        return lambda images: random_gamma(images, generator)
     if name in ("random_erasing", "light_erasing"):  # 2-40% of the area, noise-filled
         probability = 0.5 if name == "random_erasing" else 0.25  # per image
         return layers.RandomErasing(factor=(probability, probability), scale=(0.02, 0.4),
@@ -211,26 +216,27 @@ def image_step(name, seed):
     return (lambda i: step(i, training=True)) if isinstance(step, layers.Layer) else step
 
 
-def sometimes(images, chain, probability):
+def sometimes(images, chain, probability, seed):
     """Run `chain` on the batch, keep the result for a random `probability` share of images."""
     changed = images
     for step in chain:
         changed = step(changed)
-    chosen = tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < probability
+    chosen = keras.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < probability
     return tf.where(chosen, changed, images)
 
 
 def make_augment(policy, seed):
     """The policy as one function of a batch `(images, one_hot_labels)` for the pipeline."""
+    generator = keras.random.SeedGenerator(seed)  # the policy's own draws: coin, `sometimes`
     steps = []
     for item in policy_techniques(policy):
         if item == "mixup|cutmix":  # a coin flip per batch: MixUp or CutMix
             mixup, cutmix = technique("mixup", seed), technique("cutmix", seed)
             steps.append(lambda i, t, a=mixup, b=cutmix: tf.cond(
-                tf.random.uniform([]) < 0.5, lambda: a(i, t), lambda: b(i, t)))
+                keras.random.uniform([], seed=generator) < 0.5, lambda: a(i, t), lambda: b(i, t)))
         elif isinstance(item, tuple):
             chain = [image_step(name, seed) for name in item[1]]
-            steps.append(lambda i, t, c=chain, p=item[0]: (sometimes(i, c, p), t))
+            steps.append(lambda i, t, c=chain, p=item[0]: (sometimes(i, c, p, generator), t))
         else:
             call = image_step(item, seed)
             steps.append(lambda i, t, c=call: (c(i), t))

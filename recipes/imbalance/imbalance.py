@@ -201,10 +201,14 @@ if x_train.shape[-1] == 3:  # colour jitter needs RGB; grayscale data goes witho
     augmentations += [layers.RandomHue(0.1), layers.RandomSaturation((0.3, 0.7))]
 augmenter = keras.Sequential(augmentations)
 augment_probability = tf.constant(1 - counts / counts.max(), tf.float32)
+# The choice of images to augment draws through a Keras SeedGenerator, like the layers, so
+# the pipeline can give each batch its own stateless seeds: parallel and reproducible.
+choice_seed = keras.random.SeedGenerator(args.seed)
 
 
 def augment_minority(images, labels):
-    chosen = tf.random.uniform(tf.shape(labels)) < tf.gather(augment_probability, labels)
+    chosen = (keras.random.uniform(tf.shape(labels), seed=choice_seed)
+              < tf.gather(augment_probability, labels))
     augmented = augmenter(images, training=True)
     return tf.where(chosen[:, None, None, None], augmented, images), labels
 
@@ -216,7 +220,7 @@ def balanced(x, y, seed, augment=False):
     stream = tf.data.Dataset.sample_from_datasets(per_class, [1 / K] * K, seed=seed)
     stream = stream.batch(args.batch_size).map(lambda i, t: (tf.cast(i, tf.float32), t))
     if augment:
-        stream = stream.map(augment_minority, num_parallel_calls=pipeline.augment_calls())
+        stream = pipeline.augmented(stream, augment_minority, seed)  # all cores, reproducible
     return stream.prefetch(tf.data.AUTOTUNE)
 
 
