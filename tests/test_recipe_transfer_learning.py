@@ -1,26 +1,60 @@
-"""transfer_learning: pretrain -> reuse through --weights, three strategies, bad weights files."""
+"""transfer_learning: pretrain -> reuse through --weights, three strategies, bad weights files,
+progress, --train-size, resume after Ctrl-C and a stale backup in --out."""
 
 import json
+import re
 import runpy
+import signal
+import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_recipe, smoke
+from conftest import ENV, ROOT, run_recipe
 
 RECIPE = ROOT / "recipes" / "transfer_learning" / "transfer_learning.py"
-STRATEGIES = ("scratch", "frozen", "finetune")
+STRATEGIES = ("scratch", "frozen", "finetune")  # the metric names results.json promises
+
+
+def train(out, *args: str) -> tuple[dict, str]:
+    """A --smoke run that must succeed: its results.json and its stdout."""
+    done = run_recipe("transfer_learning", "--smoke", "--out", str(out), *args)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return json.loads((out / "results.json").read_text()), done.stdout
+
+
+def interrupt(out, *args: str, after: str) -> subprocess.CompletedProcess:
+    """A --smoke run stopped with Ctrl-C once a stdout line contains `after`."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "recipes.transfer_learning", "--smoke", "--out", str(out), *args],
+        cwd=ROOT, env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    printed = []
+    try:
+        for line in child.stdout:
+            printed.append(line)
+            if after in line:
+                child.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = child.communicate(timeout=300)
+    finally:
+        child.kill()
+    assert child.returncode == 130, "".join(printed)[-3000:] + stderr[-3000:]
+    assert "rerun the same command" in stderr and "Traceback" not in stderr
+    return subprocess.CompletedProcess(child.args, child.returncode, "".join(printed) + stdout,
+                                       stderr)
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """One default smoke run: pretrains OUT/backbone.keras and loads it via --weights PATH.keras."""
     out = tmp_path_factory.mktemp("transfer_learning") / "out"
-    return out, smoke("transfer_learning", out)
+    results, stdout = train(out)
+    return out, results, stdout
 
 
 def test_smoke_pretrains_then_compares_three_strategies(smoke_run):
-    out, results = smoke_run
+    out, results, stdout = smoke_run
     m = results["metrics"]
     # six source classes: chance is 1/6, a pretraining that learned nothing stays near it
     assert m["pretrain"]["source_test_accuracy"] > 0.35
@@ -38,6 +72,26 @@ def test_smoke_pretrains_then_compares_three_strategies(smoke_run):
     assert json.loads((out / "class_names.json").read_text()) == [
         "hexagon", "star", "cross", "crescent"]
     assert json.loads((out / "backbone.json").read_text())["backbone"] == "small_cnn"
+    # progress: a plan before pretraining (1,200 source images in batches of 64) and one
+    # before the comparison (3 strategies x 2 labelled sets of 32 and 12 images: 4 steps)
+    assert "plan: 1 source model x 3 epochs x 19 steps = 57 optimisation steps" in stdout
+    assert "plan: 6 runs x 3 epochs x 4 steps = 72 optimisation steps" in stdout
+    assert "[6/6] shift_finetune_3" in stdout and "Epoch 3/3" in stdout
+    assert not (out / "backup" / "finished").exists()  # complete: nothing left to resume
+
+
+def test_interrupted_run_loads_the_runs_that_had_finished(tmp_path):
+    out = tmp_path / "out"
+    stopped = interrupt(out, "--weights", "none", after="[3/6] finetune_all")
+    accuracy = {name: float(value) for name, value in re.findall(
+        r"(\w+_all): +\d+ images, test accuracy ([\d.]+)", stopped.stdout)}
+    assert set(accuracy) == {"scratch_all", "frozen_all"}, stopped.stdout[-3000:]
+    results, stdout = train(out, "--weights", "none")
+    for name in accuracy:
+        assert f"{name}: finished before the interrupt, loaded" in stdout
+    assert "plan: 4 runs x 3 epochs" in stdout and "[1/4] finetune_all" in stdout
+    assert round(results["metrics"]["scratch"]["all"], 3) == accuracy["scratch_all"]
+    assert round(results["metrics"]["frozen"]["all"], 3) == accuracy["frozen_all"]
 
 
 def test_predict_and_evaluate_the_saved_model(smoke_run, tmp_path):
@@ -45,7 +99,7 @@ def test_predict_and_evaluate_the_saved_model(smoke_run, tmp_path):
 
     from common import synthetic
 
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     images, _ = synthetic.make_shapes(2, 32, seed=5, shapes=("star", "cross"))
     files = []
     for i, image in enumerate(images):
@@ -65,19 +119,27 @@ def test_predict_and_evaluate_the_saved_model(smoke_run, tmp_path):
 
 
 def test_weights_file_written_by_the_test_is_loaded(smoke_run, tmp_path):
-    """--weights PATH.weights.h5: the frozen bottom layers of the result hold the file's values."""
+    """--weights PATH.weights.h5: the frozen bottom layers of the result hold the file's values.
+    The same run checks --train-size, and that the stale backup of an interrupted run with
+    another image size in the same --out is set aside, not restored."""
     import keras
 
-    out, _ = smoke_run
+    out, _, _ = smoke_run
+    interrupt(tmp_path / "run", "--weights", "none", "--image-size", "24", after="[2/6]")
+    assert (tmp_path / "run" / "backup" / "finished" / "scratch_all.weights.h5").is_file()
     backbone = keras.saving.load_model(out / "backbone.keras")
     kernel = backbone.get_layer("block1_conv1").kernel
     size = int(np.prod(kernel.shape))
     marked = np.linspace(-0.5, 0.5, size, dtype="float32").reshape(kernel.shape)
     kernel.assign(marked)
     backbone.save_weights(tmp_path / "mine.weights.h5")
-    results = smoke("transfer_learning", tmp_path / "run", "--weights",
-                    str(tmp_path / "mine.weights.h5"))
+    results, stdout = train(tmp_path / "run", "--weights", str(tmp_path / "mine.weights.h5"),
+                            "--train-size", "20")
+    assert "holds a backup of another run" in stdout and "finished before" not in stdout
     assert "pretrain" not in results["metrics"]  # nothing was pretrained: the file was used
+    # --train-size 20: a class-balanced 20 of the 32 target training images, 5 per class
+    assert results["metrics"]["train_examples_per_class"] == {"all": 5.0}
+    assert "target: 20 train / 64 test images" in stdout
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     loaded = model.get_layer("small_cnn").get_layer("block1_conv1").kernel
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded), marked)

@@ -9,12 +9,16 @@
 # and seconds each strategy needs to reach a fixed accuracy, and what happens when the target
 # images have other colours, backgrounds and textures than the source images.
 #
-# **Concepts** (source notes sections 3, 18, 48): features learned on a big dataset are
-# reusable (feature extraction); they cut the labelled data and the training time a new task
-# needs; fine-tuning adapts them to the new task and to a new domain with a low learning rate
-# so that what was learned is not overwritten.
+# **Concepts:** the features a network learns on a large dataset (edges, textures, parts of
+# shapes) are reusable: a frozen pretrained backbone is a ready-made feature extractor. Reusing
+# them cuts the labelled data and the training time a new task needs, and fine-tuning adapts
+# them to the new task, or to a new domain, with a low learning rate so that what was learned
+# is not overwritten. Transfer has a limit too: a source unrelated to the target can hurt.
 #
-# Run: `make transfer_learning` or `python -m recipes.transfer_learning --help`.
+# Run: `make transfer_learning` or `python -m recipes.transfer_learning --help`. In a notebook,
+# pass flags through `RECIPE_ARGS` in a cell above the setup cell, e.g.
+# `os.environ["RECIPE_ARGS"] = "--epochs 5 --dataset npz:/content/my.npz"` (there it replaces
+# the command line; empty or unset: the defaults).
 
 # %%
 # Setup: make `common` importable. From a clone: go to the repository root (outputs land in
@@ -42,6 +46,49 @@ if os.path.isfile(os.path.join(root, "common", "__init__.py")):
     os.chdir(root)
     sys.path.insert(0, root)
 
+# %% [markdown]
+# ## Flags
+#
+# The flags are read before the heavy imports, so that `--help` answers at once. The budget:
+# every model trains `--epochs` epochs, 15 by default, fewer when the largest labelled set is
+# so large that 15 epochs would exceed about 2,000 optimisation steps per model.
+
+# %%
+from common import UserError, cli
+
+# keras.applications backbones: the constructor's name and the file Keras downloads for
+# weights="imagenet"
+APPLICATIONS = {
+    "mobilenetv3small": ("MobileNetV3Small", "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    "efficientnetb0": ("EfficientNetB0", "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5"),
+}
+STRATEGIES = ("scratch", "frozen", "finetune")
+
+parser = cli.parser("transfer_learning", "Reuse a pretrained backbone for a new task with few labels.",
+                    dataset="synthetic:shapes", epochs=15, batch_size=64, budget_steps=2000)
+parser.add_argument("--weights", default="pretrain",
+                    help="pretrain: train the backbone here on a synthetic source task (saved as "
+                    "OUT/backbone.keras, reused when present) | imagenet: keras.applications ImageNet "
+                    "weights (a download) | none: random | PATH.keras: a saved backbone model | "
+                    "PATH.weights.h5 or PATH.h5: weights for --backbone")
+parser.add_argument("--backbone", choices=["small_cnn", *APPLICATIONS], default=None,
+                    help="architecture (default: mobilenetv3small with --weights imagenet, else small_cnn)")
+parser.add_argument("--image-size", type=int, default=None,
+                    help="image side in pixels (default: 32 for small_cnn, 96 for keras.applications; "
+                    "a .keras backbone brings its own)")
+parser.add_argument("--labels-per-class", default="5,10,25,100,all",
+                    help="labelled target examples per class, one run of each strategy per value")
+parser.add_argument("--shift-labels", default="10,100",
+                    help="labels per class for the domain-shift case, synthetic:shapes only")
+parser.add_argument("--pretrain-epochs", type=int, default=6, help="epochs on the source task")
+parser.add_argument("--unfreeze", type=float, default=0.5,
+                    help="fine-tuning trains this top fraction of the backbone's layers")
+parser.add_argument("--finetune-lr", type=float, default=3e-4,
+                    help="learning rate of the fine-tuning phase")
+parser.add_argument("--target-accuracy", type=float, default=0.8,
+                    help="convergence: the test accuracy to reach")
+args = cli.parse_args(parser)
+
 # %%
 import json
 import math
@@ -54,37 +101,8 @@ import keras
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common import UserError, callbacks, cli, data, metrics, pipeline, plots, saving, synthetic
+from common import callbacks, data, metrics, pipeline, plots, saving, synthetic
 
-# keras.applications backbones: the constructor and the file Keras downloads for weights="imagenet"
-APPLICATIONS = {
-    "mobilenetv3small": (keras.applications.MobileNetV3Small, "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
-    "efficientnetb0": (keras.applications.EfficientNetB0, "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5"),
-}
-STRATEGIES = ("scratch", "frozen", "finetune")
-
-parser = cli.parser("transfer_learning", "Reuse a pretrained backbone for a new task with few labels.",
-                    dataset="synthetic:shapes", epochs=15, batch_size=64)
-parser.add_argument("--weights", default="pretrain",
-                    help="pretrain: train the backbone here on a synthetic source task (saved as "
-                    "OUT/backbone.keras, reused when present) | imagenet: keras.applications ImageNet "
-                    "weights (a download) | none: random | PATH.keras: a saved backbone model | "
-                    "PATH.weights.h5 or PATH.h5: weights for --backbone (default: %(default)s)")
-parser.add_argument("--backbone", choices=["small_cnn", *APPLICATIONS], default=None,
-                    help="architecture (default: mobilenetv3small with --weights imagenet, else small_cnn)")
-parser.add_argument("--image-size", type=int, default=None,
-                    help="default: 32 for small_cnn, 96 for keras.applications (a .keras backbone brings its own)")
-parser.add_argument("--labels-per-class", default="5,10,25,100,all",
-                    help="labelled target examples per class, one run per value (default: %(default)s)")
-parser.add_argument("--shift-labels", default="10,100",
-                    help="labels per class for the domain-shift case, synthetic:shapes only (default: %(default)s)")
-parser.add_argument("--pretrain-epochs", type=int, default=6)
-parser.add_argument("--unfreeze", type=float, default=0.5,
-                    help="fine-tuning trains this top fraction of the backbone's layers (default: %(default)s)")
-parser.add_argument("--finetune-lr", type=float, default=3e-4, help="default: %(default)s")
-parser.add_argument("--target-accuracy", type=float, default=0.8,
-                    help="convergence: the test accuracy to reach (default: %(default)s)")
-args = cli.parse_args(parser)
 if args.command == "predict":
     cli.predict_classifier(args)
     raise SystemExit
@@ -108,8 +126,10 @@ if args.smoke:
 # square, frame, triangle, diamond) and the *target* task the four others (hexagon, star,
 # cross, crescent): a different task, not more data of the same one. Any other dataset spec
 # (e.g. `npz:../shared/data/mnist10k.npz`) is used whole as the target task; the source stays
-# the synthetic shapes. From the target training set we draw `n` labelled examples per class
-# for each point of the data-efficiency curve; the smaller sets are contained in the larger.
+# the synthetic shapes. `--train-size N` keeps a class-balanced subset of N of the target's
+# training images (all of them by default). From the target training set we draw `n` labelled
+# examples per class for each point of the data-efficiency curve; the smaller sets are
+# contained in the larger.
 
 # %%
 def target_task(spec, size, channels, shifted=False):
@@ -194,7 +214,7 @@ def small_cnn(input_shape, width=16):
 def build_backbone(name, size, weights=None):
     if name == "small_cnn":
         return small_cnn((size, size, 3))
-    application = APPLICATIONS[name][0]  # its ImageNet preprocessing is part of the model
+    application = getattr(keras.applications, APPLICATIONS[name][0])  # preprocessing included
     return application(input_shape=(size, size, 3), include_top=False, weights=weights)
 
 
@@ -272,9 +292,17 @@ if reference is not None:  # a loaded backbone decides the input size
 else:
     channels = 3
 target = target_task(args.dataset, image_size, channels)
+target.x_train, target.y_train = cli.train_subset(args, target.x_train, target.y_train)
 budgets.sort(key=lambda n: len(per_class(target.y_train, n, args.seed)))
+# The epoch budget follows the largest labelled set. Smaller sets are repeated up to
+# `min_steps` steps per epoch, so a batch larger than a small set is fine here.
+cli.training_budget(args, max(len(per_class(target.y_train, budgets[-1], args.seed)), args.batch_size))
+shifted = None  # the domain-shift task (see below)
+if args.dataset == "synthetic:shapes" and shift_budgets:
+    shifted = target_task(args.dataset, image_size, channels, shifted=True)
 print(f"target: {len(target.x_train)} train / {len(target.x_test)} test images, "
-      f"{target.num_classes} classes, {image_size}x{image_size}x{channels}")
+      f"{target.num_classes} classes, {image_size}x{image_size}x{channels}; "
+      f"{args.epochs} epochs per model")
 
 
 # %% [markdown]
@@ -314,9 +342,12 @@ if args.weights == "pretrain":
         backbone = build_backbone(backbone_name, image_size)
         model = classifier(backbone, len(SOURCE_SHAPES), pretrained=False)
         model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        plan = callbacks.Plan(["pretrain"], args.pretrain_epochs, math.ceil(len(xs) / args.batch_size),
+                              what="source model")
         model.fit(pipeline.for_training(xs, ys, args.batch_size, augment=augment, seed=args.seed),
-                  validation_data=pipeline.for_eval(xv, yv), epochs=args.pretrain_epochs, verbose=2,
-                  callbacks=callbacks.standard(out / "logs", "pretrain"))
+                  validation_data=pipeline.for_eval(xv, yv), epochs=args.pretrain_epochs,
+                  verbose=callbacks.verbose(),
+                  callbacks=[plan.callback("pretrain"), *callbacks.standard(out / "logs", "pretrain", args)])
         accuracy = model.evaluate(pipeline.for_eval(xv, yv), verbose=0, return_dict=True)["accuracy"]
         backbone.save(backbone_file)
         info = {**settings, "source_test_accuracy": float(accuracy)}
@@ -340,6 +371,9 @@ reference_weights = reference.get_weights()
 #
 # Every run gets `--epochs` epochs of at least `min_steps` steps (small sets are repeated, with
 # light augmentation), so every strategy makes the same number of updates on the same images.
+# Each run starts from the same random state (`--seed`), so its result does not depend on the
+# runs before it: a run interrupted by Ctrl-C and restarted with the same command loads the
+# models that had finished and gives the numbers an uninterrupted run gives.
 
 # %%
 def unfreeze_top(backbone, fraction):
@@ -350,17 +384,31 @@ def unfreeze_top(backbone, fraction):
         layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
 
 
+def steps_per_epoch(n_images):
+    return max(min_steps, math.ceil(n_images / args.batch_size))
+
+
 def train(strategy, x, y, test_ds, num_classes, name, validate=False):
-    """One strategy on one labelled set: the model, test accuracy per epoch and seconds per epoch."""
+    """One strategy on one labelled set: the model, its test accuracy, and (with `validate`)
+    the test accuracy after each epoch with the seconds spent until then."""
+    keras.utils.set_random_seed(args.seed)  # the same start for every run, trained or loaded
     pretrained = strategy != "scratch"
     backbone = keras.models.clone_model(reference)  # new layers, freshly initialised
     if pretrained:
         backbone.set_weights(reference_weights)
     backbone.trainable = not pretrained
     model = classifier(backbone, num_classes, pretrained)
+    record = finished.load(name, model)
+    if record is not None:
+        return model, record["accuracy"], record["history"]
+    plan.start(name)
     train_ds = pipeline.for_training(x, y, args.batch_size, augment=augment, seed=args.seed).repeat()
     history, started = {"accuracy": [], "seconds": []}, time.time()
-    timer = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: history["seconds"].append(time.time() - started))
+
+    def epoch_done(epoch, logs):
+        history["seconds"].append(time.time() - started)
+        plan.epoch_done()
+
     # the usual learning rates: 1e-3 (Adam) for a whole network, 1e-2 for a new head alone
     phases = [(args.epochs // 3 if strategy == "finetune" else args.epochs, 1e-2 if pretrained else 1e-3)]
     if strategy == "finetune":
@@ -371,14 +419,16 @@ def train(strategy, x, y, test_ds, num_classes, name, validate=False):
             unfreeze_top(backbone, args.unfreeze)
         model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
         if until > done:
-            fit = model.fit(train_ds, steps_per_epoch=max(min_steps, math.ceil(len(x) / args.batch_size)),
-                            epochs=until, initial_epoch=done, validation_data=test_ds if validate else None,
-                            verbose=0, callbacks=[*callbacks.standard(out / "logs", f"{name}_{phase}"), timer])
+            fit = model.fit(train_ds, steps_per_epoch=steps_per_epoch(len(x)), epochs=until, initial_epoch=done,
+                            validation_data=test_ds if validate else None, verbose=callbacks.verbose(),
+                            callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=epoch_done),
+                                       *callbacks.standard(out / "logs", f"{name}_{phase}", args)])
             history["accuracy"] += fit.history.get("val_accuracy", [])
             done = until
-    accuracy = model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
+    accuracy = float(model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"])
     print(f"{name:>22}: {len(x):5d} images, test accuracy {accuracy:.3f}, {time.time() - started:.0f} s")
-    return model, float(accuracy), history
+    finished.save(name, model, {"accuracy": accuracy, "history": history})
+    return model, accuracy, history
 
 
 # %% [markdown]
@@ -386,8 +436,20 @@ def train(strategy, x, y, test_ds, num_classes, name, validate=False):
 #
 # For each number of labels per class, the three strategies train on the same images. The
 # largest set also records test accuracy after every epoch, for the convergence comparison.
+# The plan line counts every run, the domain-shift ones below included.
 
 # %%
+planned = {f"{s}_{n}": steps_per_epoch(len(per_class(target.y_train, n, args.seed)))
+           for n in budgets for s in STRATEGIES}
+if shifted is not None:
+    planned.update({f"shift_{s}_{n}": steps_per_epoch(len(per_class(shifted.y_train, n, args.seed)))
+                    for n in shift_budgets for s in STRATEGIES})
+finished = callbacks.Finished(out, args)
+# runs that finished before an interrupt are loaded in train(), not planned (record written last)
+planned = {name: steps for name, steps in planned.items() if not (finished.directory / f"{name}.json").is_file()}
+# one steps-per-epoch figure for all runs: their mean, so that the planned total is right
+plan = callbacks.Plan(list(planned), args.epochs, round(sum(planned.values()) / len(planned)),
+                      what="runs") if planned else None
 test_ds = pipeline.for_eval(target.x_test, target.y_test)
 curve = {s: {} for s in STRATEGIES}
 histories = {}
@@ -428,8 +490,7 @@ for strategy, history in histories.items():
 
 # %%
 shift_metrics = {}
-if args.dataset == "synthetic:shapes" and shift_budgets:
-    shifted = target_task(args.dataset, image_size, channels, shifted=True)
+if shifted is not None:
     shifted_test = pipeline.for_eval(shifted.x_test, shifted.y_test)
     shift_metrics = {s: {} for s in STRATEGIES}
     shift_metrics["no_adaptation"] = final_model.evaluate(shifted_test, verbose=0, return_dict=True)["accuracy"]
@@ -467,7 +528,7 @@ ax.set(xscale="log", xlabel="labelled examples per class", ylabel="target test a
 ax.set_xticks([count[n] for n in budgets], [f"{count[n]:.0f}" for n in budgets])
 ax.legend(fontsize=7)
 ax.grid(alpha=0.3)
-fig.savefig(out / "data_efficiency.png", dpi=110, bbox_inches="tight")
+plots.save(fig, out / "data_efficiency.png")
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 for ax, key in zip(axes, ("epoch", "seconds")):
     for i, (strategy, history) in enumerate(histories.items()):
@@ -478,8 +539,7 @@ for ax, key in zip(axes, ("epoch", "seconds")):
     ax.grid(alpha=0.3)
 axes[0].legend(fontsize=8)
 fig.suptitle(f"convergence with {budgets[-1]} ({count[budgets[-1]]:.0f}) labels per class")
-fig.savefig(out / "convergence.png", dpi=110, bbox_inches="tight")
-plt.close("all")
+plots.save(fig, out / "convergence.png")
 y_pred = final_model.predict(test_ds, verbose=0).argmax(-1)
 plots.confusion_matrix(target.y_test, y_pred, target.class_names, out / "confusion.png",
                        title=f"fine-tuned, {budgets[-1]} labels per class")
@@ -504,3 +564,4 @@ if pretrain_metrics:
 if shift_metrics:
     results_metrics["domain_shift"] = shift_metrics
 cli.finish(args, results_metrics, args.dataset)
+finished.clear()  # results.json is written: nothing left to resume
