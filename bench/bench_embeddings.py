@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/bench_embeddings.py [--model runs/embeddings/model.keras]
 
-Without --model it builds the recipe's architecture (32x32x3 -> 64-d unit vector) with random
-weights: speed does not depend on the weights. The search is brute force: one matrix product of
-the queries with the whole gallery and a partial sort (numpy `argpartition`, TensorFlow `top_k`),
-over galleries of 10k, 100k and 1M random unit vectors. Writes bench/out/embeddings.json.
+The network and the search are the recipe's own: the bench runs recipes/embeddings in smoke
+mode (a minute on 2 cores; outputs in bench/out/embeddings_recipe) and takes its `embedder`
+(32x32x3 -> 64-d unit vector) and its `nearest` search, or loads --model instead of the smoke
+model (speed does not depend on the weights). The search is brute force: one matrix product
+of the queries with the whole gallery and a partial sort (the recipe's NumPy `argpartition`,
+against TensorFlow's `top_k`), over galleries of 10k, 100k and 1M random unit vectors.
+Writes bench/out/embeddings.json.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import functools
 import json
 import os
+import runpy
 import statistics
 import sys
 import time
@@ -22,26 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from common import synthetic  # noqa: E402
-
-
-def recipe_architecture(shape=(32, 32, 3), dim: int = 64) -> keras.Model:
-    """The same layers as recipes/embeddings (a script, so not importable)."""
-    images = keras.Input(shape)
-    x = keras.layers.Rescaling(1 / 255)(images)
-    for stage, filters in enumerate((32, 64, 128, 128)):
-        if stage:
-            x = keras.layers.MaxPooling2D()(x)
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.Dense(dim)(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(images, keras.layers.UnitNormalization()(x))
 
 
 def median_seconds(repeats: int, fn, *fn_args) -> float:
@@ -55,25 +39,31 @@ def median_seconds(repeats: int, fn, *fn_args) -> float:
     return statistics.median(times)
 
 
-def numpy_search(queries, gallery, k):
-    sim = queries @ gallery.T
-    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(top, np.argsort(-np.take_along_axis(sim, top, 1), 1), 1)
-
-
-@tf.function(jit_compile=False)
-def tf_search(queries, gallery, k: int = 5):
-    return tf.math.top_k(tf.linalg.matmul(queries, gallery, transpose_b=True), k).indices
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="a saved embedding model (default: random)")
+    parser.add_argument("--model", default=None,
+                        help="a saved embedding model (default: the recipe's smoke-run model)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "embeddings.json"))
     args = parser.parse_args()
 
-    model = keras.saving.load_model(args.model) if args.model else recipe_architecture()
+    # the recipe's own network and search, not copies: a smoke run of it, its globals kept
+    sys.argv = ["embeddings", "--smoke", "--out", str(ROOT / "bench" / "out" / "embeddings_recipe")]
+    recipe = runpy.run_path(str(ROOT / "recipes" / "embeddings" / "embeddings.py"),
+                            run_name="__main__")
+    import numpy as np
+    import tensorflow as tf
+
+    from common import saving, synthetic
+
+    def numpy_search(queries, gallery, k):  # what `predict --gallery` runs
+        return recipe["nearest"](queries, gallery, k)[0]
+
+    @tf.function(jit_compile=False)
+    def tf_search(queries, gallery, k: int = 5):
+        return tf.math.top_k(tf.linalg.matmul(queries, gallery, transpose_b=True), k).indices
+
+    model = saving.load_model(args.model) if args.model else recipe["embedder"]
     _, height, width, channels = model.input_shape
     images, _ = synthetic.make_shapes(1024, image_size=height, seed=0)
     images = images[..., :channels].astype(np.float32)
@@ -106,7 +96,7 @@ def main() -> None:
                 rows.append({"what": f"top-5 search, {engine}", "gallery": size, "batch": batch,
                              "ms": seconds * 1e3, "per_second": batch / seconds})
 
-    record = {"bench": "embeddings", "model": args.model or "recipe architecture, random weights",
+    record = {"bench": "embeddings", "model": args.model or "the recipe's embedder, smoke run",
               "input": [height, width, channels], "dim": dim, "cpu_count": os.cpu_count(),
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
