@@ -1,19 +1,32 @@
-"""The augmentation recipe: every policy and plot in smoke mode; a grayscale, odd-sized npz
-that a working model learns (floors), predict and evaluate on the saved model; bad input."""
+"""The augmentation recipe: every policy and plot in smoke mode, with the plan and progress
+lines; a grayscale, odd-sized npz that a working model learns (floors), predict and evaluate on
+the saved model; Ctrl-C and resume, and a stale backup of another run; bad input."""
 
+import ast
 import json
+import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
-from conftest import run_recipe, smoke
+from conftest import ENV, ROOT, run_recipe, smoke
 from PIL import Image
 
-POLICIES = ["none", "geometric", "photometric", "occlusion", "mixing", "randaugment", "combined"]
-CORRUPTED = [f"{kind}_{severity}" for kind, levels in {
-    "occlusion": (10, 25, 40), "darker": (30, 50, 70), "brighter": (20, 35, 50),
-    "low_contrast": (50, 70, 85), "rotation": (15, 30, 45), "translation": (10, 20, 30),
-}.items() for severity in levels]
-TECHNIQUES = ["flip", "rotation", "zoom", "translation", "brightness", "contrast", "gamma",
-              "random_erasing", "mixup", "cutmix", "randaugment"]
+RECIPE = ROOT / "recipes" / "augmentation" / "augmentation.py"
+
+
+def recipe_constants(*names):
+    """The recipe's module-level constants, read from its source: importing the script would
+    run it (it is a notebook, top to bottom)."""
+    found = {target.id: ast.literal_eval(node.value)
+             for node in ast.parse(RECIPE.read_text()).body if isinstance(node, ast.Assign)
+             for target in node.targets if isinstance(target, ast.Name) and target.id in names}
+    return [found[name] for name in names]
+
+
+POLICIES, CORRUPTIONS, TECHNIQUES = recipe_constants("POLICIES", "CORRUPTIONS", "TECHNIQUES")
+CORRUPTED = [f"{kind}_{severity}" for kind, levels in CORRUPTIONS.items() for severity in levels]
 CLASSES = ["horizontal", "vertical", "disk"]
 
 
@@ -43,7 +56,13 @@ def write_stripes_npz(path, n=360):
 
 def test_smoke_every_policy_metric_and_plot(tmp_path):
     out = tmp_path / "out"
-    metrics = smoke("augmentation", out)["metrics"]
+    done = run_recipe("augmentation", "--smoke", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the plan before training, then where the run is: one line per policy
+    assert "plan: 7 policies x 4 epochs x 8 steps = 224 optimisation steps" in done.stdout
+    assert "[1/7] none" in done.stdout and "[7/7] combined, about" in done.stdout
+    assert "240 train / 200 test images" in done.stdout  # smoke: 240 of the generated images
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
     for policy in POLICIES:
         assert {"clean_accuracy", "mean_corrupted_accuracy", *CORRUPTED} <= set(metrics[policy])
         assert all(0 <= metrics[policy][name] <= 1 for name in ["clean_accuracy", *CORRUPTED])
@@ -94,3 +113,61 @@ def test_bad_train_size_is_a_clear_error(tmp_path):
     done = run_recipe("augmentation", "--train-size", "lots", "--out", str(tmp_path))
     assert done.returncode == 2 and "--train-size" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_batch_size_larger_than_the_training_set_names_the_flag(tmp_path):
+    data = tmp_path / "stripes.npz"
+    write_stripes_npz(data)  # 240 training images
+    done = run_recipe("augmentation", "--dataset", f"npz:{data}", "--batch-size", "500",
+                      "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "--batch-size 500 is larger than the 240 training images" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out" / "results.json").exists()
+
+
+def interrupted(*flags, after):
+    """Run the recipe and press Ctrl-C (SIGINT) as soon as the lines starting with `after`
+    have been printed, in that order. Returns the exit code and the output."""
+    command = [sys.executable, "-m", "recipes.augmentation", *flags]
+    process = subprocess.Popen(command, cwd=ROOT, env={**ENV, "PYTHONUNBUFFERED": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    waiting, lines = list(after), []
+    for line in process.stdout:
+        lines.append(line)
+        if waiting and line.startswith(waiting[0]):
+            waiting.pop(0)
+            if not waiting:
+                process.send_signal(signal.SIGINT)
+    return process.wait(timeout=600), "".join(lines)
+
+
+def test_ctrl_c_resumes_and_a_stale_backup_of_other_data_starts_clean(tmp_path):
+    out, flags = tmp_path / "out", ["--smoke", "--policies", "none,occlusion"]
+    # Ctrl-C during the second policy's second epoch (its first is in OUT/backup): the first
+    # policy finished before, so the rerun must load it, and resume the second
+    code, output = interrupted(*flags, "--out", str(out), after=["[2/2] occlusion", "Epoch 2/"])
+    assert code == 130, output[-3000:]
+    assert "rerun the same command (same --out) to resume" in output
+    assert not (out / "results.json").exists()
+    stale = tmp_path / "stale"
+    shutil.copytree(out, stale)
+
+    done = run_recipe("augmentation", *flags, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "none: finished before the interrupt, loaded" in done.stdout
+    assert "plan: 1 policies" in done.stdout and "[1/1] occlusion" in done.stdout
+    assert "backup of another run" not in done.stdout
+    assert set(json.loads((out / "results.json").read_text())["metrics"]) >= {"none", "occlusion"}
+
+    # The RGB backup left by the interrupted run, then a run on grayscale 19x23 digits-like
+    # data into the same --out: its weights cannot fit; the run must say so and start clean
+    data = tmp_path / "stripes.npz"
+    write_stripes_npz(data)
+    done = run_recipe("augmentation", *flags, "--dataset", f"npz:{data}",
+                      "--train-size", "60", "--out", str(stale))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "holds a backup of another run" in done.stdout
+    assert "[1/2] none" in done.stdout and "loaded" not in done.stdout
+    assert "60 train / 120 test images of shape (19, 23, 1)" in done.stdout  # --train-size on npz
+    results = json.loads((stale / "results.json").read_text())
+    assert results["args"]["train_size"] == 60 and set(results["metrics"]) >= {"none", "occlusion"}

@@ -1,13 +1,25 @@
-"""The imbalance recipe: long-tailed training set, eight methods, npz and folder data, bad input."""
+"""The imbalance recipe: long-tailed training set, eight methods, npz and folder data, the plan
+and progress lines, --train-size, bad input."""
 
+import ast
 import json
 
 import numpy as np
-from conftest import run_recipe, smoke
+from conftest import ROOT, run_recipe, smoke
 from PIL import Image
 
-METHODS = ["baseline", "oversample", "undersample", "class_weight", "focal", "minority_augment",
-           "logit_adjust", "ensemble"]
+RECIPE = ROOT / "recipes" / "imbalance" / "imbalance.py"
+
+
+def recipe_constant(name):
+    """A module-level constant of the recipe, read from its source: importing the script would
+    run it (it is a notebook, top to bottom)."""
+    return next(ast.literal_eval(node.value) for node in ast.parse(RECIPE.read_text()).body
+                if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == name for t in node.targets))
+
+
+METHODS = recipe_constant("METHODS")
 
 
 def _stripe_classes(n_per_class, shape, seed):
@@ -21,13 +33,23 @@ def _stripe_classes(n_per_class, shape, seed):
     return np.clip(x, 0, 255).astype(np.uint8), y
 
 
-def test_smoke_all_methods_on_grayscale_npz_of_odd_size(tmp_path):
+def _four_npz(path):
     x, y = _stripe_classes(80, (18, 23), seed=0)  # grayscale (N, H, W), odd sizes
     xt, yt = _stripe_classes(25, (18, 23), seed=1)
-    npz = tmp_path / "four.npz"
-    np.savez(npz, x_train=x, y_train=y, x_test=xt, y_test=yt)
+    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
+    return path
+
+
+def test_smoke_all_methods_on_grayscale_npz_of_odd_size(tmp_path):
+    npz = _four_npz(tmp_path / "four.npz")
     out = tmp_path / "out"
-    results = smoke("imbalance", out, "--dataset", f"npz:{npz}", "--ratio", "10")
+    done = run_recipe("imbalance", "--smoke", "--out", str(out), "--dataset", f"npz:{npz}",
+                      "--ratio", "10")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the plan, then one line per training (two ensemble members in smoke mode)
+    assert "plan: 8 trainings x 2 epochs x 20 steps = 320 optimisation steps" in done.stdout
+    assert "[1/8] baseline" in done.stdout and "[8/8] ensemble_member1, about" in done.stdout
+    results = json.loads((out / "results.json").read_text())
     m = results["metrics"]
     assert set(METHODS) <= set(m)
     for method in METHODS:
@@ -92,3 +114,21 @@ def test_bad_input_names_the_problem_and_the_fix(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "'crescent'" in done.stderr and "lower --ratio" in done.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_train_size_is_a_class_balanced_subset_of_an_npz(tmp_path):
+    npz = _four_npz(tmp_path / "four.npz")  # 80 training images per class
+    results = smoke("imbalance", tmp_path / "out", "--dataset", f"npz:{npz}", "--ratio", "10",
+                    "--methods", "baseline", "--train-size", "200")
+    # 50 per class kept, then the long tail 50 * 10^(-c/3)
+    assert list(results["train_counts"].values()) == [50, 23, 11, 5]
+    assert results["args"]["train_size"] == 200
+
+
+def test_batch_size_larger_than_the_long_tailed_set_names_the_flag(tmp_path):
+    npz = _four_npz(tmp_path / "four.npz")  # ratio 100: 80 + 17 + 4 + 1 training images
+    done = run_recipe("imbalance", "--dataset", f"npz:{npz}", "--batch-size", "1000",
+                      "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "--batch-size 1000 is larger than the 102 training images" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out" / "results.json").exists()

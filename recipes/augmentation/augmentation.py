@@ -8,15 +8,18 @@
 # on the clean test set and on test sets corrupted by occlusion, illumination changes,
 # rotation and translation at three severities each.
 #
-# **Concepts** (source notes sections 4, 15, 16, 17, 19, 47): augmentation multiplies a small
-# training set by label-preserving transformations, so the network learns that the class does
-# not depend on orientation, position, scale or lighting (4); occlusion is a failure mode that
-# training-time erasing and patch mixing address directly (15, 19); pooling gives a little
-# tolerance to shifts, augmentation gives much more (16); and augmenting the data you have is
-# one of the standard answers when data for some classes is scarce (17, 47 — the `imbalance`
-# recipe applies it per class).
+# **Concepts:** augmentation multiplies a small training set by label-preserving
+# transformations, so the network learns that the class does not depend on orientation,
+# position, scale or lighting. Occlusion (part of the object hidden) is a failure mode that
+# training-time erasing and patch mixing address directly. Pooling gives a network a little
+# tolerance to shifts; augmentation gives much more. And augmenting the images you have is one
+# of the standard answers when data is scarce (the `imbalance` recipe applies it to the rare
+# classes only).
 #
-# Run: `make augmentation` or `python -m recipes.augmentation --help`.
+# Run: `make augmentation` or `python -m recipes.augmentation --help`. In a notebook, pass
+# flags in a cell above the setup cell:
+# `import os; os.environ["RECIPE_ARGS"] = "--epochs 5 --dataset npz:/content/my.npz"`
+# (RECIPE_ARGS replaces the command line; unset or empty = the defaults).
 
 # %%
 # Setup: make `common` importable. From a clone: go to the repository root (outputs land in
@@ -45,19 +48,13 @@ if os.path.isfile(os.path.join(root, "common", "__init__.py")):
     sys.path.insert(0, root)
 
 # %%
-import math
-import time
-from pathlib import Path
-
-import keras
-import matplotlib.pyplot as plt
-import numpy as np
-import tensorflow as tf
-from keras import layers
-
-from common import UserError, callbacks, cli, data, metrics, pipeline, plots, saving
+# The flags come first, before TensorFlow is imported, so that `--help` answers at once.
+from common import UserError, cli
 
 POLICIES = ("none", "geometric", "photometric", "occlusion", "mixing", "randaugment", "combined")
+# One grid of samples per technique; the policies below combine them.
+TECHNIQUES = ("flip", "rotation", "zoom", "translation", "brightness", "contrast", "gamma",
+              "random_erasing", "mixup", "cutmix", "randaugment")
 # Corrupted test sets: name -> severities (the number in the metric name, e.g. occlusion_25).
 CORRUPTIONS = {
     "occlusion": (10, 25, 40),  # % of the image hidden under one square patch of random colour
@@ -68,21 +65,28 @@ CORRUPTIONS = {
     "translation": (10, 20, 30),  # % of the image side, random direction
 }
 FLIPS = ("auto", "none", "horizontal", "vertical", "horizontal_and_vertical")
+# synthetic:shapes is generated at the size asked for: --train-size training images, 1,000 when
+# not given (a small training set leaves augmentation something to fix), and 600 test images.
+SYNTHETIC_TRAIN_SIZE, SYNTHETIC_TEST_SIZE = 1000, 600
 
-parser = cli.parser("augmentation", train_size=False, description="Augmentation policies compared on clean and corrupted "
-                    "test sets.", dataset="synthetic:shapes", epochs=60, batch_size=64)
+parser = cli.parser(
+    "augmentation", dataset="synthetic:shapes", epochs=60, batch_size=64, budget_steps=960,
+    description="Augmentation policies compared on clean and corrupted test sets. "
+                f"synthetic:shapes is generated with --train-size training images "
+                f"({SYNTHETIC_TRAIN_SIZE:,} when not given) and {SYNTHETIC_TEST_SIZE} test "
+                "images; other datasets use all their training images unless --train-size is "
+                "given. The default budget, about 960 optimisation steps per policy, is 60 "
+                "epochs on 1,000 images at batch 64 and 2 epochs on 60,000.")
 parser.add_argument("--policies", default=",".join(POLICIES),
-                    help="comma-separated policies to train and compare (default: %(default)s)")
-parser.add_argument("--train-size", default="1000",
-                    help="training images used, N or 'all' (default: %(default)s: a small "
-                         "training set leaves augmentation something to fix)")
+                    help="comma-separated policies to train and compare")
 parser.add_argument("--flips", default="auto", choices=FLIPS,
                     help="flips used by the geometric policies; auto: both flips for "
                          "synthetic:shapes (flip-invariant classes), none otherwise (a flipped "
                          "digit or letter can change class)")
 parser.add_argument("--image-size", type=int, default=None,
-                    help="resize images to N x N (default: the dataset's own size)")
-parser.add_argument("--learning-rate", type=float, default=2e-3)
+                    help="resize images to N x N; None keeps the dataset's own size")
+parser.add_argument("--learning-rate", type=float, default=2e-3,
+                    help="peak learning rate of AdamW (10%% linear warm-up, then cosine decay)")
 args = cli.parse_args(parser)
 cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model and stops here
 
@@ -92,15 +96,27 @@ unknown = [p for p in policies if p not in POLICIES]
 if unknown or not policies:
     raise UserError(f"unknown policy {', '.join(unknown) or repr(args.policies)}; valid "
                     f"policies: {', '.join(POLICIES)} (comma-separated, e.g. none,combined)")
-if args.train_size != "all" and not (args.train_size.isdigit() and int(args.train_size) > 0):
-    raise UserError(f"--train-size must be a positive integer or 'all', got {args.train_size!r}")
-train_size = None if args.train_size == "all" else int(args.train_size)
 if not args.learning_rate > 0:
     raise UserError(f"--learning-rate must be positive, got {args.learning_rate}")
 if args.image_size is not None and args.image_size < 8:
     raise UserError(f"--image-size must be at least 8 pixels, got {args.image_size}")
 if args.smoke:  # every code path, a few steps each
-    args.epochs, args.batch_size, train_size = 4, 32, min(train_size or 240, 240)
+    args.epochs, args.batch_size = 4, 32
+    args.train_size = min(args.train_size or 240, 240)
+
+# %%
+import math
+import time
+from pathlib import Path
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from common import callbacks, data, metrics, pipeline, plots, saving
+
 out = Path(args.out)
 
 # %% [markdown]
@@ -108,27 +124,36 @@ out = Path(args.out)
 #
 # The offline default is `synthetic:shapes` (ten shape classes with random colours, textures,
 # backgrounds, sizes and positions). Any classification spec works, in grayscale or RGB and at
-# any size, e.g. real digits with `--dataset npz:../shared/data/mnist10k.npz`. We keep a small,
-# class-balanced subset of the training images (`--train-size`): with thousands of images per
-# class a network learns most invariances from the data itself, and augmentation has less to fix.
+# any size, e.g. real digits with `--dataset npz:../shared/data/mnist10k.npz`. Augmentation
+# matters most when training images are few: with thousands of images per class a network
+# learns most invariances from the data itself, and augmentation has less to fix. So the
+# synthetic default is small (1,000 training images), and `--train-size N` keeps a
+# class-balanced subset of N training images of any dataset (e.g. `--train-size 1000` on
+# mnist10k, as in the README); without it, npz and folder datasets are used whole.
+#
+# The training budget follows the data: by default about 960 optimisation steps per policy,
+# which is 60 epochs on 1,000 images at batch 64 and the 2-epoch minimum on 60,000 images, so
+# that a large dataset takes minutes per policy, not hours (`--epochs` fixes it).
 
 # %%
-synthetic_size = (400 if args.smoke else max(3000, train_size or 0)) if args.dataset.startswith(
-    "synthetic:") else None
+synthetic = {}
+if args.dataset.startswith("synthetic:"):  # generated at the size asked for
+    n = args.train_size or SYNTHETIC_TRAIN_SIZE
+    synthetic = {"num_examples": n, "test_fraction": SYNTHETIC_TEST_SIZE / n}
 ds = data.require(data.load(args.dataset, seed=args.seed, image_size=args.image_size,
-                            num_examples=synthetic_size), data.Classification, args.dataset)
-x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
-if train_size is not None and train_size < len(x_train):
-    x_train, _, y_train, _ = data.stratified_split(x_train, y_train, len(x_train) - train_size,
-                                                   args.seed)
+                            **synthetic), data.Classification, args.dataset)
+x_train, y_train = cli.train_subset(args, ds.x_train, ds.y_train)
+x_test, y_test = ds.x_test, ds.y_test
 if args.smoke:
     x_test, y_test = x_test[:200], y_test[:200]
+steps_per_epoch = cli.training_budget(args, len(x_train))  # sets args.epochs when auto
 num_classes, input_shape = ds.num_classes, x_train.shape[1:]
 flips = args.flips
 if flips == "auto":
     flips = "horizontal_and_vertical" if args.dataset == "synthetic:shapes" else "none"
 print(f"{len(x_train)} train / {len(x_test)} test images of shape {input_shape}, {num_classes} "
-      f"classes; flips in the geometric policies: {flips}")
+      f"classes; {args.epochs} epochs of {steps_per_epoch} steps per policy; flips in the "
+      f"geometric policies: {flips}")
 
 # %% [markdown]
 # ## The augmentation techniques
@@ -284,8 +309,6 @@ def technique_grid(name, images, labels, path):
 
 first_of_class = [int(np.flatnonzero(y_train == k)[0]) for k in np.unique(y_train)][:8]
 sample_images, sample_labels = x_train[first_of_class], y_train[first_of_class]
-TECHNIQUES = ("flip", "rotation", "zoom", "translation", "brightness", "contrast", "gamma",
-              "random_erasing", "mixup", "cutmix", "randaugment")
 for name in TECHNIQUES:
     technique_grid(name, sample_images, sample_labels, out / "augmentations" / f"{name}.png")
 print(f"sample grids: {out / 'augmentations'}/{{{','.join(TECHNIQUES)}}}.png")
@@ -382,6 +405,11 @@ build_classifier(input_shape, num_classes).summary(line_length=80)
 # Same initial weights, data order, epochs and learning-rate schedule (AdamW, linear warm-up
 # then cosine decay, label smoothing 0.1) for every policy: the policy is the only variable.
 # Labels are one-hot for all of them because MixUp and CutMix need soft labels.
+#
+# The plan line says how many optimisation steps the run will take, and once the first epochs
+# are timed, how long. If the run is interrupted (Ctrl-C), the same command resumes it: the
+# policies that had finished are loaded with their scores instead of being trained again, and
+# the interrupted one continues from its last epoch.
 
 # %%
 def accuracy(model, x, y):
@@ -389,31 +417,46 @@ def accuracy(model, x, y):
                   == y).mean())
 
 
-test = pipeline.for_eval(x_test, y_test, num_classes=num_classes)
-steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
-results, histories, models = {}, {}, {}
-for policy in policies:
+def compiled_classifier():
+    """A fresh model; the seed is reset first, so that every policy starts from the same
+    weights."""
     keras.utils.set_random_seed(args.seed)
     model = build_classifier(input_shape, num_classes)
+    steps = args.epochs * steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, steps - steps // 10, warmup_target=args.learning_rate, warmup_steps=steps // 10)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
                   metrics=["accuracy"])
+    return model
+
+
+finished = callbacks.Finished(out, args)
+models = {policy: compiled_classifier() for policy in policies}
+records = {policy: finished.load(policy, models[policy]) for policy in policies}  # None: to do
+to_train = [policy for policy in policies if records[policy] is None]
+plan = callbacks.Plan(to_train, args.epochs, steps_per_epoch, what="policies")
+test = pipeline.for_eval(x_test, y_test, num_classes=num_classes)
+for policy in to_train:
+    keras.utils.set_random_seed(args.seed)  # the same random state whatever ran before
     train = pipeline.for_training(x_train, y_train, args.batch_size, seed=args.seed,
                                   augment=make_augment(policy, args.seed), num_classes=num_classes)
     started, cpu_started = time.time(), time.process_time()
-    history = model.fit(train, validation_data=test, epochs=args.epochs, verbose=0,
-                        callbacks=callbacks.standard(out, policy))
-    scores = {"clean_accuracy": accuracy(model, x_test, y_test),
+    history = models[policy].fit(
+        train, validation_data=test, epochs=args.epochs, verbose=callbacks.verbose(),
+        callbacks=[plan.callback(policy), *callbacks.standard(out, policy, args)])
+    scores = {"clean_accuracy": accuracy(models[policy], x_test, y_test),
               "train_seconds": round(time.time() - started, 1),  # wall clock
               "train_cpu_seconds": round(time.process_time() - cpu_started, 1)}  # all threads
     for name, images in corrupted.items():
-        scores[name] = accuracy(model, images, y_test)
+        scores[name] = accuracy(models[policy], images, y_test)
     scores["mean_corrupted_accuracy"] = float(np.mean([scores[name] for name in corrupted]))
-    results[policy], histories[policy], models[policy] = scores, history.history, model
+    records[policy] = {"scores": scores, "history": history.history}
+    finished.save(policy, models[policy], records[policy])
     print(f"{policy:>12}: clean {scores['clean_accuracy']:.3f}, mean corrupted "
           f"{scores['mean_corrupted_accuracy']:.3f} ({scores['train_seconds']:.0f} s training)")
+results = {policy: records[policy]["scores"] for policy in policies}
+histories = {policy: records[policy]["history"] for policy in policies}
 
 # %% [markdown]
 # ## Robustness: accuracy against corruption severity
@@ -451,8 +494,7 @@ axes[0, 0].legend(fontsize=8)
 fig.suptitle(f"robustness per augmentation policy ({args.dataset}, {len(x_train)} training "
              f"images, {args.epochs} epochs)")
 fig.tight_layout()
-fig.savefig(out / "robustness.png", dpi=110)
-plt.close(fig)
+plots.save(fig, out / "robustness.png")
 plots.training_curves(histories, out / "training_curves.png",
                       title="training (solid) and test (dashed) per policy")
 
@@ -474,3 +516,4 @@ plots.confusion_matrix(y_test, y_pred, ds.class_names, out / "confusion.png",
 saved_scores = metrics.classification(y_test, y_pred, num_classes)
 print(f"saved the {saved} policy's model to {out / 'model.keras'}")
 cli.finish(args, {**saved_scores, **results}, args.dataset)
+finished.clear()  # results.json is written: nothing left to resume

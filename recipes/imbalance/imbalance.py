@@ -9,16 +9,19 @@
 # post-hoc logit adjustment and a small bagging ensemble. Each method is scored by balanced
 # accuracy, macro-F1, the recall of the rarest classes and per-class PR-AUC.
 #
-# **Concepts** (source notes sections 17 and 47, with 4, 15, 16 and 19): a network trained
-# on skewed data learns the skew - it predicts the frequent classes and the rare classes lose
-# recall. The remedies act at three places: on the *data* (resample it so that every class is
-# seen equally often, or augment the rare classes - shifts, zooms, contrast and occluding
-# patches - so that their few images count for more), on the *loss* (weight each class by
-# its rarity, or focus on hard examples with focal loss), and on the *decision* (move the
-# decision threshold towards the rare classes after training, or average an ensemble trained
-# on different resampled subsets). Global pooling lets one model take any image size.
+# **Concepts:** a network trained on skewed data learns the skew - it predicts the frequent
+# classes and the rare classes lose recall. The remedies act at three places: on the *data*
+# (resample it so that every class is seen equally often, or augment the rare classes -
+# shifts, zooms, contrast and occluding patches - so that their few images count for more), on
+# the *loss* (weight each class by its rarity, or focus on hard examples with focal loss), and
+# on the *decision* (move the decision threshold towards the rare classes after training, or
+# average an ensemble trained on different resampled subsets). Global pooling lets one model
+# take any image size.
 #
-# Run: `make imbalance` or `python -m recipes.imbalance --help`.
+# Run: `make imbalance` or `python -m recipes.imbalance --help`. In a notebook, pass flags in
+# a cell above the setup cell:
+# `import os; os.environ["RECIPE_ARGS"] = "--epochs 5 --dataset npz:/content/my.npz"`
+# (RECIPE_ARGS replaces the command line; unset or empty = the defaults).
 
 # %%
 # Setup: make `common` importable. From a clone: go to the repository root (outputs land in
@@ -47,35 +50,32 @@ if os.path.isfile(os.path.join(root, "common", "__init__.py")):
     sys.path.insert(0, root)
 
 # %%
+# The flags come first, before TensorFlow is imported, so that `--help` answers at once.
 import math
-import time
-from pathlib import Path
 
-import keras
-import matplotlib.pyplot as plt
-import numpy as np
-import tensorflow as tf
-from keras import layers
-from sklearn.metrics import average_precision_score
-
-from common import UserError, callbacks, cli, data, metrics, pipeline, plots, results, saving
+from common import UserError, cli
 
 METHODS = ("baseline", "oversample", "undersample", "class_weight", "focal", "minority_augment",
            "logit_adjust", "ensemble")
 TAIL_SHARE = 0.3  # "minority classes" = the rarest 30% of classes by training count
+# synthetic:shapes is generated at the size asked for: --train-size balanced training images,
+# 6,000 when not given (600 per class before the long tail is cut), and a fifth as many test images.
+SYNTHETIC_TRAIN_SIZE = 6000
 
-parser = cli.parser("imbalance", train_size=False, description="Train on a long-tailed dataset: eight remedies compared.",
-                    dataset="synthetic:shapes", epochs=50, batch_size=64)
+parser = cli.parser(
+    "imbalance", dataset="synthetic:shapes", epochs=50, batch_size=64, budget_steps=1200,
+    description="Train on a long-tailed dataset: eight remedies compared. --train-size applies "
+                "to the balanced training split before the long tail is cut; synthetic:shapes "
+                f"is generated with --train-size images ({SYNTHETIC_TRAIN_SIZE:,} when not "
+                "given). An epoch is one pass over the long-tailed set; the default budget, "
+                "about 1,200 optimisation steps per training, is 50 epochs on the default data "
+                "(1,489 long-tailed images at batch 64) and fewer on larger datasets.")
 parser.add_argument("--ratio", type=float, default=100.0,
-                    help="imbalance ratio: head class size / tail class size (>= 1; default "
-                         "%(default)s)")
+                    help="imbalance ratio: head class size / tail class size (>= 1)")
 parser.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated subset of: " + ", ".join(METHODS))
-parser.add_argument("--train-size", type=int, default=None,
-                    help="synthetic datasets: images to generate (default 6000); other "
-                         "datasets: cap on the balanced training split (default: all)")
 parser.add_argument("--image-size", type=int, default=None,
-                    help="resize images to N x N (default: the dataset's own size)")
+                    help="resize images to N x N; None keeps the dataset's own size")
 parser.add_argument("--tau", type=float, default=1.0,
                     help="logit adjustment strength: logits - tau * log(class prior)")
 parser.add_argument("--ensemble-size", type=int, default=3, help="members of the bagging ensemble")
@@ -92,11 +92,23 @@ if not (math.isfinite(args.ratio) and args.ratio >= 1):
                     f"{args.ratio}; 1 means balanced, 100 means the rarest class is 100x smaller")
 if args.ensemble_size < 1 or not math.isfinite(args.tau):
     raise UserError("--ensemble-size must be at least 1 and --tau a finite number")
-if args.train_size is None and args.dataset.startswith("synthetic:"):
-    args.train_size = 6000
 if args.smoke:
     args.epochs, args.ensemble_size, args.batch_size = 2, 2, 32
     args.train_size = min(args.train_size or 600, 600)
+
+# %%
+import time
+from pathlib import Path
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import tensorflow as tf
+from keras import layers
+from sklearn.metrics import average_precision_score
+
+from common import callbacks, data, metrics, pipeline, plots, results, saving
+
 out = Path(args.out)
 
 # %% [markdown]
@@ -106,11 +118,16 @@ out = Path(args.out)
 # training images of class `c` (class 0 is the head, class K-1 the tail), where `n_head` is
 # the size of the smallest source class, so every class can supply its share. The test set
 # is left alone: balanced, so that plain test accuracy there equals balanced accuracy, and a
-# method cannot score by favouring the head.
+# method cannot score by favouring the head. `--train-size N` first keeps a class-balanced
+# subset of N images of the source training split (on any dataset; synthetic:shapes is simply
+# generated with N images).
 
 # %%
-ds = data.require(data.load(args.dataset, seed=args.seed, num_examples=args.train_size,
-                            image_size=args.image_size), data.Classification, args.dataset)
+synthetic = {"num_examples": args.train_size or SYNTHETIC_TRAIN_SIZE} if args.dataset.startswith(
+    "synthetic:") else {}
+ds = data.require(data.load(args.dataset, seed=args.seed, image_size=args.image_size,
+                            **synthetic), data.Classification, args.dataset)
+ds.x_train, ds.y_train = cli.train_subset(args, ds.x_train, ds.y_train)
 K, names = ds.num_classes, ds.class_names
 if K < 2:
     raise UserError(f"{args.dataset} has {K} class; imbalance needs at least 2")
@@ -127,7 +144,7 @@ if counts.min() < 1:
     empty = ", ".join(repr(names[c]) for c in np.flatnonzero(counts < 1))
     raise UserError(f"--ratio {args.ratio:g} would leave class(es) {empty} with no training "
                     f"examples: the head class keeps {n_head}, so the largest ratio is about "
-                    f"{n_head}; lower --ratio or use more data (--train-size)")
+                    f"{n_head}; lower --ratio or use more data (synthetic: a larger --train-size)")
 
 rng = np.random.default_rng(args.seed)
 keep = np.concatenate([rng.choice(np.flatnonzero(ds.y_train == c), counts[c], replace=False)
@@ -136,12 +153,17 @@ x_train, y_train = ds.x_train[keep], ds.y_train[keep]
 x_test, y_test = ds.x_test, ds.y_test
 prior = counts / counts.sum()
 tail = np.argsort(counts, kind="stable")[: max(1, round(TAIL_SHARE * K))]
-steps = math.ceil(len(y_train) / args.batch_size)  # one "epoch" of the long-tailed set
+if args.smoke:  # the tests' tiny datasets: no batch larger than the long-tailed set
+    args.batch_size = min(args.batch_size, len(y_train))
+# An epoch is one pass over the long-tailed set; with the default --epochs (auto), the data
+# size sets the number of epochs (about 1,200 optimisation steps per training).
+steps = cli.training_budget(args, len(y_train))
 if args.smoke:
     steps = 20  # enough for the tests' easy tasks, still seconds per method
 print(f"long-tailed train set: {len(y_train)} images, {counts.max()}..{counts.min()} per class "
       f"(ratio {args.ratio:g}); balanced test set: {len(y_test)} images; shape "
-      f"{x_train.shape[1:]}; minority classes: {[names[c] for c in tail]}")
+      f"{x_train.shape[1:]}; minority classes: {[names[c] for c in tail]}; {args.epochs} "
+      f"epochs of {steps} steps per training")
 
 fig, ax = plt.subplots(figsize=(max(5, 0.5 * K + 2), 3.4))
 ax.bar(np.arange(K) - 0.2, counts, 0.4, label="train (long-tailed)")
@@ -151,9 +173,7 @@ ax.set_xticks(range(K), names, rotation=45, ha="right")
 ax.set_ylabel("images (log scale)")
 ax.set_title(f"class sizes, imbalance ratio {args.ratio:g}")
 ax.legend()
-out.mkdir(parents=True, exist_ok=True)
-fig.savefig(out / "class_histogram.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
+plots.save(fig, out / "class_histogram.png")
 
 # %% [markdown]
 # ## Build the model and the training streams
@@ -224,26 +244,11 @@ def balanced(x, y, seed, augment=False):
     return stream.prefetch(tf.data.AUTOTUNE)
 
 
-histories = {}
-
-
-def train(name, stream, loss="sparse_categorical_crossentropy", class_weight=None,
-          one_hot=False):
-    started = time.time()
+def compiled_model(name, loss="sparse_categorical_crossentropy"):
     model = build_model(name)
     # Cosine decay to zero: the final weights are a settled model, not one noisy step.
     schedule = keras.optimizers.schedules.CosineDecay(2e-3, steps * args.epochs)
     model.compile(keras.optimizers.Adam(schedule), loss, metrics=["accuracy"])
-    # The balanced test set as validation: val_accuracy is the balanced accuracy per epoch.
-    val = pipeline.for_eval(x_test, y_test)
-    if one_hot:
-        val = val.map(lambda images, labels: (images, tf.one_hot(labels, K)))
-    history = model.fit(stream, steps_per_epoch=steps, epochs=args.epochs, validation_data=val,
-                        class_weight=class_weight, callbacks=callbacks.standard(out, name),
-                        shuffle=False, verbose=0)  # the streams shuffle themselves
-    histories[name] = history.history
-    print(f"  trained {name}: {time.time() - started:.0f} s, final val balanced accuracy "
-          f"{history.history['val_accuracy'][-1]:.3f}")
     return model
 
 
@@ -266,43 +271,69 @@ def train(name, stream, loss="sparse_categorical_crossentropy", class_weight=Non
 #   probabilities averaged. It costs `--ensemble-size` times the training of the others.
 
 # %%
-models = {}
-run_baseline = "baseline" in methods or "logit_adjust" in methods
-for method in [m for m in METHODS if m in methods or (m == "baseline" and run_baseline)]:
-    seed = args.seed
-    if method == "baseline":
-        models[method] = train(method, shuffled(x_train, y_train, seed))
-    elif method == "oversample":
-        models[method] = train(method, balanced(x_train, y_train, seed))
-    elif method == "undersample":
-        few = np.concatenate([rng.choice(np.flatnonzero(y_train == c), counts.min(),
-                                         replace=False) for c in range(K)])
-        models[method] = train(method, shuffled(x_train[few], y_train[few], seed))
-    elif method == "class_weight":
-        weights = {c: len(y_train) / (K * counts[c]) for c in range(K)}
-        models[method] = train(method, shuffled(x_train, y_train, seed), class_weight=weights)
-    elif method == "focal":
-        focal = keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=2.0)
-        models[method] = train(method, shuffled(x_train, y_train, seed, one_hot=True), focal,
-                               one_hot=True)
-    elif method == "minority_augment":
-        models[method] = train(method, balanced(x_train, y_train, seed, augment=True))
-    elif method == "logit_adjust":
-        adjusted = keras.models.clone_model(models["baseline"])
-        adjusted.set_weights(models["baseline"].get_weights())
-        kernel, bias = adjusted.get_layer("logits").get_weights()
-        adjusted.get_layer("logits").set_weights([kernel, bias - args.tau * np.log(prior)])
-        models[method] = adjusted
-    elif method == "ensemble":
-        p = 1 / counts[y_train]
-        members = []
-        for i in range(args.ensemble_size):
-            bag = rng.choice(len(y_train), len(y_train), replace=True, p=p / p.sum())
-            members.append(train(f"ensemble_member{i}", shuffled(x_train[bag], y_train[bag],
-                                                                 seed + i)))
-        inputs = keras.Input(x_train.shape[1:])
-        averaged = layers.Average()([member(inputs) for member in members])
-        models[method] = keras.Model(inputs, averaged, name="ensemble")
+# What to train: a training stream (and a loss or class weights) per model.
+seed = args.seed
+trainings = {}
+if "baseline" in methods or "logit_adjust" in methods:  # logit_adjust edits the baseline
+    trainings["baseline"] = {"stream": shuffled(x_train, y_train, seed)}
+if "oversample" in methods:
+    trainings["oversample"] = {"stream": balanced(x_train, y_train, seed)}
+if "undersample" in methods:
+    few = np.concatenate([rng.choice(np.flatnonzero(y_train == c), counts.min(), replace=False)
+                          for c in range(K)])
+    trainings["undersample"] = {"stream": shuffled(x_train[few], y_train[few], seed)}
+if "class_weight" in methods:
+    trainings["class_weight"] = {"stream": shuffled(x_train, y_train, seed), "class_weight": {
+        c: len(y_train) / (K * counts[c]) for c in range(K)}}
+if "focal" in methods:  # the Keras focal loss takes one-hot labels
+    trainings["focal"] = {"stream": shuffled(x_train, y_train, seed, one_hot=True), "one_hot": True,
+                          "loss": keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=2.0)}
+if "minority_augment" in methods:
+    trainings["minority_augment"] = {"stream": balanced(x_train, y_train, seed, augment=True)}
+if "ensemble" in methods:
+    p = 1 / counts[y_train]
+    for i in range(args.ensemble_size):
+        bag = rng.choice(len(y_train), len(y_train), replace=True, p=p / p.sum())
+        trainings[f"ensemble_member{i}"] = {"stream": shuffled(x_train[bag], y_train[bag],
+                                                               seed + i)}
+
+# After an interrupt, the same command resumes: the trainings that had finished are loaded,
+# not redone, and the interrupted one continues from its last epoch.
+finished = callbacks.Finished(out, args)
+trained = {name: compiled_model(name, spec.get("loss", "sparse_categorical_crossentropy"))
+           for name, spec in trainings.items()}
+records = {name: finished.load(name, trained[name]) for name in trainings}  # None: to train
+to_train = [name for name in trainings if records[name] is None]
+plan = callbacks.Plan(to_train, args.epochs, steps, what="trainings")
+# The balanced test set as validation: val_accuracy is the balanced accuracy per epoch.
+val = pipeline.for_eval(x_test, y_test)
+val_one_hot = pipeline.for_eval(x_test, y_test, num_classes=K)
+for name in to_train:
+    spec, started = trainings[name], time.time()
+    history = trained[name].fit(
+        spec["stream"], steps_per_epoch=steps, epochs=args.epochs,
+        validation_data=val_one_hot if spec.get("one_hot") else val,
+        class_weight=spec.get("class_weight"),
+        callbacks=[plan.callback(name), *callbacks.standard(out, name, args)],
+        shuffle=False, verbose=callbacks.verbose())  # the streams shuffle themselves
+    records[name] = {"history": history.history, "seconds": round(time.time() - started, 1)}
+    finished.save(name, trained[name], records[name])
+    print(f"  trained {name}: {records[name]['seconds']:.0f} s, final val balanced accuracy "
+          f"{history.history['val_accuracy'][-1]:.3f}")
+histories = {name: record["history"] for name, record in records.items()}
+
+models = {name: model for name, model in trained.items() if name in methods}
+if "logit_adjust" in methods:
+    adjusted = keras.models.clone_model(trained["baseline"])
+    adjusted.set_weights(trained["baseline"].get_weights())
+    kernel, bias = adjusted.get_layer("logits").get_weights()
+    adjusted.get_layer("logits").set_weights([kernel, bias - args.tau * np.log(prior)])
+    models["logit_adjust"] = adjusted
+if "ensemble" in methods:
+    inputs = keras.Input(x_train.shape[1:])
+    averaged = layers.Average()([trained[f"ensemble_member{i}"](inputs)
+                                 for i in range(args.ensemble_size)])
+    models["ensemble"] = keras.Model(inputs, averaged, name="ensemble")
 
 # %% [markdown]
 # ## Evaluate on the balanced test set
@@ -344,8 +375,7 @@ for (i, j), value in np.ndenumerate(recall_table):
 ax.set_xticks(range(K), [f"{n}\n({c})" for n, c in zip(names, counts)], fontsize=7)
 ax.set_yticks(range(len(methods)), methods)
 ax.set_title("test recall per class (train count in brackets; head left, tail right)")
-fig.savefig(out / "per_class_recall.png", dpi=110, bbox_inches="tight")
-plt.close(fig)
+plots.save(fig, out / "per_class_recall.png")
 plots.training_curves({name: {"val_accuracy": h["val_accuracy"]} for name, h in histories.items()},
                       out / "training_curves.png", metrics=("accuracy",),
                       title="balanced test accuracy per epoch")
@@ -376,3 +406,4 @@ path = results.write(out, args.recipe, args.dataset, scores, time.time() - args.
                      minority_classes=[names[c] for c in tail], per_class=per_class)
 print(results.summary(scores, f"imbalance on {args.dataset} ({time.time() - args.started:.0f} s)"))
 print(f"wrote {path}")
+finished.clear()  # results.json is written: nothing left to resume
