@@ -177,6 +177,26 @@ def random_gamma(images, seed):
     return 255.0 * tf.pow(images / 255.0, tf.exp(log_gamma))
 
 
+def rand_augment(seed, num_ops=2):
+    """Keras' RandAugment (its eleven operations and magnitudes), computing only the ones drawn.
+
+    `layers.RandAugment` draws `num_ops` operations per batch, but computes all eleven on the
+    whole batch for each draw and keeps the drawn one: 22 operations' work for 2. Here
+    `tf.switch_case` runs only the drawn operation.
+    """
+    keras_layer = layers.RandAugment(value_range=(0, 255), num_ops=num_ops, factor=0.5, seed=seed)
+    operations = [getattr(keras_layer, name) for name in keras_layer._AUGMENT_LAYERS]
+    generator = keras.random.SeedGenerator(seed)
+
+    def augment(images):
+        for _ in range(num_ops):
+            drawn = keras.random.randint([], 0, len(operations), seed=generator)
+            images = tf.switch_case(drawn, [lambda op=op, x=images: op(x, training=True)
+                                            for op in operations])
+        return images
+    return augment
+
+
 def technique(name, seed):
     """One augmentation, as a function of a batch of images (or of images and labels)."""
     if name == "flip":
@@ -199,7 +219,7 @@ def technique(name, seed):
         return layers.RandomErasing(factor=(probability, probability), scale=(0.02, 0.4),
                                     seed=seed)
     if name == "randaugment":
-        return layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed)
+        return rand_augment(seed)
     if name in ("mixup", "cutmix"):
         layer = layers.MixUp(alpha=0.4, seed=seed) if name == "mixup" else layers.CutMix(seed=seed)
 
@@ -216,14 +236,15 @@ def technique(name, seed):
 # `geometric` = flips (only where they keep the class) + rotation + crop-and-resize +
 # translation; `photometric` = brightness + contrast + gamma; `occlusion` = random erasing;
 # `mixing` = MixUp or CutMix (a coin flip per batch); `randaugment` = Keras' RandAugment (two
-# of its eleven operations, the same two for a whole batch). `combined` draws on all three
-# families, but each with a probability: the geometric chain on a random half of the images,
-# the photometric chain on an independent random half, random erasing on a quarter. Stacking
-# every family on every image looked like the obvious "combined", but in our trials it was no
-# better than `none` on synthetic:shapes in the same number of epochs: each extra
-# transformation makes the training task harder, and a small model with a fixed budget
-# underfits. How often and how
-# strongly each image is changed matters more than how many techniques are listed.
+# of its eleven operations, the same two for a whole batch; only those two are computed, which
+# makes it several times cheaper than the `layers.RandAugment` layer itself). `combined` draws
+# on all three families, but each with a probability: the geometric chain on a random half of
+# the images, the photometric chain on an independent random half, random erasing on a
+# quarter. Stacking every family on every image looked like the obvious "combined", but in our
+# trials it was no better than `none` on synthetic:shapes in the same number of epochs: each
+# extra transformation makes the training task harder, and a small model with a fixed budget
+# underfits. How often and how strongly each image is changed matters more than how many
+# techniques are listed.
 
 # %%
 def policy_techniques(policy):
