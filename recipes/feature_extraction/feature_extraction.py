@@ -88,12 +88,14 @@ if args.smoke:  # every code path on a small budget (explicit flags still win)
 
 # %%
 import time
+import warnings
 from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
 from keras import layers
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -338,16 +340,25 @@ extractor = keras.Model(reference.input, reference.get_layer("features").output)
 train_features, test_features = predict(extractor, ds.x_train), predict(extractor, ds.x_test)
 
 
-def linear_probe(x_train, x_test, n=2000):
+def linear_probe(x_train, x_test, name, n=2000):
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200))
-    model.fit(x_train[:n], ds.y_train[:n])
+    with warnings.catch_warnings(record=True) as caught:  # our note instead of sklearn's
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(x_train[:n], ds.y_train[:n])
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            print(f"note: the {name} probe stopped at its 200-iteration cap (a time limit) "
+                  "before the fit converged")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return float((model.predict(x_test) == ds.y_test).mean())
 
 
 scores["linear_probe"] = {
-    "cnn_features_accuracy": linear_probe(train_features, test_features),
+    "cnn_features_accuracy": linear_probe(train_features, test_features, "CNN-features"),
     "raw_pixels_accuracy": linear_probe(ds.x_train.reshape(len(ds.x_train), -1) / 255.0,
-                                        ds.x_test.reshape(len(ds.x_test), -1) / 255.0),
+                                        ds.x_test.reshape(len(ds.x_test), -1) / 255.0,
+                                        "raw-pixel"),
 }
 plots.bars({name: scores[name]["test_accuracy"] for name in models}
            | {"probe_cnn": scores["linear_probe"]["cnn_features_accuracy"],
