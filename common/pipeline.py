@@ -33,7 +33,11 @@ AUTOTUNE = tf.data.AUTOTUNE
 @contextlib.contextmanager
 def _seeds_from(batch_seed: tf.Tensor) -> Iterator[None]:
     """Inside this block, every `SeedGenerator.next()` returns `batch_seed` folded with the
-    number of draws so far: stateless seeds, in the fixed order of the traced function."""
+    number of draws so far: stateless seeds, in the fixed order of the traced function.
+
+    Layers keep their generator to themselves (nested ones too, e.g. in a Sequential or in
+    RandAugment), so the one place that reaches all their draws is the method itself; it is
+    swapped only for the duration of one trace, in the thread that builds the dataset."""
     draws = itertools.count()
     original = keras.random.SeedGenerator.next
 
