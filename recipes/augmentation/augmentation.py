@@ -433,9 +433,16 @@ build_classifier(input_shape, num_classes).summary(line_length=80)
 # the interrupted one continues from its last epoch.
 
 # %%
+def predicted_classes(model, x, batch_size=256):
+    """Class ids, batch by batch. The model is called directly: predict() would trace a new
+    tf.function for every model (and TensorFlow warns about retracing)."""
+    return np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch_size].astype("float32"),
+                                                             training=False)).argmax(-1)
+                           for i in range(0, len(x), batch_size)])
+
+
 def accuracy(model, x, y):
-    return float((model.predict(x.astype("float32"), batch_size=256, verbose=0).argmax(-1)
-                  == y).mean())
+    return float((predicted_classes(model, x) == y).mean())
 
 
 def compiled_classifier():
@@ -531,7 +538,7 @@ plots.training_curves(histories, out / "training_curves.png",
 saved = "combined" if "combined" in results else max(
     results, key=lambda p: results[p]["clean_accuracy"] + results[p]["mean_corrupted_accuracy"])
 saving.save_classifier(models[saved], out, ds.class_names)
-y_pred = models[saved].predict(x_test.astype("float32"), batch_size=256, verbose=0).argmax(-1)
+y_pred = predicted_classes(models[saved], x_test)
 plots.confusion_matrix(y_test, y_pred, ds.class_names, out / "confusion.png",
                        title=f"{saved} policy on the clean test set")
 saved_scores = metrics.classification(y_test, y_pred, num_classes)

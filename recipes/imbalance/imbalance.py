@@ -345,9 +345,17 @@ if "ensemble" in methods:
 # any threshold.
 
 # %%
+def probabilities(model, x, batch_size=256):
+    """The model's class probabilities, batch by batch. The model is called directly: predict()
+    would trace a new tf.function for every model (and TensorFlow warns about retracing)."""
+    return np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch_size].astype("float32"),
+                                                             training=False))
+                           for i in range(0, len(x), batch_size)])
+
+
 scores, per_class = {}, {}
 for method in methods:
-    probs = models[method].predict(x_test.astype("float32"), batch_size=256, verbose=0)
+    probs = probabilities(models[method], x_test)
     y_pred = probs.argmax(-1)
     recall = metrics.per_class_recall(y_test, y_pred, K)
     pr_auc = np.array([average_precision_score(y_test == c, probs[:, c]) for c in range(K)])
