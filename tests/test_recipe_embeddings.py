@@ -55,10 +55,11 @@ def interrupt(*args: str, after: str) -> subprocess.CompletedProcess:
 
 def test_smoke(tmp_path):
     out = tmp_path / "out"
-    # A run on 32x32 RGB shapes, interrupted during its first network: its backup stays in
-    # OUT/backup. The run below, on 20x20 grayscale bars into the same --out, must not
+    # A run on 32x32 RGB shapes, interrupted once its first epoch is saved (the epoch line;
+    # a SIGINT in the middle of a TensorFlow step can abort the process natively): its backup
+    # stays in OUT/backup. The run below, on 20x20 grayscale bars into the same --out, must not
     # restore it (the shapes would not fit) but say so and start clean.
-    stopped = interrupt("--smoke", "--out", str(out), after="Epoch 2/")
+    stopped = interrupt("--smoke", "--out", str(out), after="val_loss")
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert "rerun the same command" in stopped.stderr and "Traceback" not in stopped.stderr
     assert (out / "backup" / "embedding" / "run.json").is_file()
