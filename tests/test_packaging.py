@@ -59,3 +59,14 @@ def test_runtime_and_development_pins_are_separate_and_exact():
     runtime_names = {line.split("==")[0] for line in runtime if "==" in line}
     assert {"tensorflow", "keras", "numpy", "pillow"} <= runtime_names
     assert not runtime_names & {"pytest", "ruff", "ipykernel", "pytest-xdist"}
+
+
+def test_the_build_backend_pin_is_the_one_the_venv_installs():
+    """The packaging test builds without isolation, with the venv's setuptools: an older one
+    (Python 3.11's venv ships 65.5) rejects the SPDX `license` string in pyproject.toml."""
+    import tomllib
+
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    dev = [line.split("#")[0].strip() for line in
+           (ROOT / "requirements-dev.txt").read_text().splitlines()]
+    assert all(pin in dev for pin in backend), (backend, dev)
