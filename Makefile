@@ -3,7 +3,7 @@ PY := .venv/bin/python
 RECIPES := feature_extraction backprop transfer_learning embeddings augmentation imbalance
 ARGS ?=
 
-.PHONY: install test lint notebooks bench clean $(RECIPES)
+.PHONY: install test lint notebooks bench clean pretrain $(RECIPES)
 
 install: .venv/.installed
 
@@ -26,7 +26,7 @@ lint: install
 # Regenerate notebooks/NAME.ipynb from recipes/NAME/NAME.py (never edit the notebooks);
 # --update keeps the cell ids of unchanged cells, so the diff shows only what changed.
 notebooks: install
-	@for r in $(RECIPES); do \
+	@for r in $(RECIPES) pretrain; do \
 	  if [ -f recipes/$$r/$$r.py ]; then \
 	    .venv/bin/jupytext --quiet --to ipynb --update --update-metadata '{"jupytext":null,"kernelspec":{"name":"python3","display_name":"Python 3","language":"python"}}' \
 	      -o notebooks/$$r.ipynb recipes/$$r/$$r.py || exit 1; \
@@ -39,6 +39,10 @@ bench: install
 
 $(RECIPES): install
 	$(PY) -m recipes.$@ $(ARGS)
+
+# Rebuild the generic backbone that ships in common/weights/ (see recipes/pretrain/README.md).
+pretrain: install
+	$(PY) -m recipes.pretrain --ship $(ARGS)
 
 clean:
 	rm -rf runs bench/out .pytest_cache

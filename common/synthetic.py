@@ -11,6 +11,7 @@ photographs of real objects, not jagged like a rasteriser's output.
 
 from __future__ import annotations
 
+import functools
 import glob
 import math
 import os
@@ -294,3 +295,166 @@ def make_textlines(
         images[i] = np.clip(line + rng.normal(0, 6, line.shape), 0, 255).astype(np.uint8)
         texts.append(text)
     return images, texts
+
+
+# ---------------------------------------------------------------------------------------------
+# Glyph corpus: the pretraining data of the generic backbone (recipes/pretrain)
+
+# Unicode blocks the corpus draws its classes from: Latin, Greek and Cyrillic letters, arrows,
+# mathematical operators, technical symbols, box drawing (line art), miscellaneous symbols and
+# dingbats (pictograms of everyday objects). Digits are left out, and so is every glyph whose
+# Unicode name says it is one of the shapes of `make_shapes`, so that the digit and shape
+# datasets stay unseen by the pretrained backbone (transfer to them is then a real test).
+GLYPH_BLOCKS = ((0x41, 0x5A), (0x61, 0x7A), (0x391, 0x3C9), (0x410, 0x44F), (0x2190, 0x21FF),
+                (0x2200, 0x22FF), (0x2300, 0x23FF), (0x2500, 0x257F), (0x2600, 0x26FF),
+                (0x2700, 0x27BF))
+GLYPH_EXCLUDED_WORDS = ("DIGIT", "CIRCLE", "RING", "SQUARE", "FRAME", "TRIANGLE", "DIAMOND",
+                        "LOZENGE", "HEXAGON", "STAR", "CROSS", "CRESCENT", "BULLET", "ELLIPSE",
+                        "RECTANGLE", "PENTAGON", "ASTERISK", "NUMBER", "ROMAN")
+GLYPH_FONTS = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono", "STIXGeneral")
+_GLYPH_BACKGROUNDS = ("plain", "gradient", "noise", "stripes", "checker")
+
+
+def glyph_fonts() -> list[str]:
+    """The fonts of the glyph corpus: matplotlib's DejaVu and STIX families (16 files), so that
+    every clone renders the same glyphs whatever fonts its machine has."""
+    import matplotlib
+
+    folder = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+    found = sorted(glob.glob(os.path.join(folder, "*.ttf")))
+    keep = [f for f in found if os.path.basename(f).split("-")[0].split(".")[0] in GLYPH_FONTS
+            or os.path.basename(f).startswith("STIXGeneral")]
+    if not keep:
+        raise RuntimeError(f"no DejaVu/STIX fonts in {folder}: is matplotlib installed?")
+    return keep
+
+
+@functools.lru_cache(maxsize=2048)
+def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size)  # loading a font file costs more than drawing a glyph
+
+
+def _glyph_signature(char: str, font_path: str) -> np.ndarray | None:
+    """A 12x12 binary thumbnail of a glyph's ink, cropped to its box (None: too little ink)."""
+    font = ImageFont.truetype(font_path, 48)
+    canvas = Image.new("L", (96, 96), 0)
+    ImageDraw.Draw(canvas).text((48, 48), char, fill=255, font=font, anchor="mm")
+    box = canvas.getbbox()
+    if box is None or (box[2] - box[0]) * (box[3] - box[1]) < 64:
+        return None
+    ink = np.asarray(canvas.crop(box).resize((12, 12), Image.Resampling.BOX), np.float32)
+    return ink > 64
+
+
+def glyph_classes(max_classes: int | None = None) -> list[tuple[str, list[str]]]:
+    """The corpus classes: (character, fonts that have it), deterministic for a set of fonts.
+
+    A character is kept when at least two of the corpus fonts have it, it has enough ink, it is
+    not excluded by name (see GLYPH_EXCLUDED_WORDS), and its thumbnail differs from every kept
+    one in at least 8 of 144 pixels (Latin A, Greek Alpha and Cyrillic A are one class).
+    """
+    import unicodedata
+
+    from fontTools.ttLib import TTFont
+
+    fonts = glyph_fonts()
+    cmaps = {f: set(TTFont(f, lazy=True).getBestCmap() or {}) for f in fonts}
+    reference = next(f for f in fonts if os.path.basename(f) == "DejaVuSans.ttf")
+    kept, signatures = [], []
+    for first, last in GLYPH_BLOCKS:
+        for code in range(first, last + 1):
+            char = chr(code)
+            name = unicodedata.name(char, "")
+            if (not name or unicodedata.category(char)[0] not in "LSP"
+                    or any(word in name for word in GLYPH_EXCLUDED_WORDS)):
+                continue
+            having = [f for f in fonts if code in cmaps[f]]
+            if len(having) < 2 or code not in cmaps[reference]:
+                continue
+            signature = _glyph_signature(char, reference)
+            if signature is None or any((signature != s).sum() < 8 for s in signatures):
+                continue
+            kept.append((char, having))
+            signatures.append(signature)
+    if max_classes is not None and len(kept) > max_classes:  # an even spread over the blocks
+        kept = [kept[i] for i in np.linspace(0, len(kept) - 1, max_classes).round().astype(int)]
+    return kept
+
+
+def _contrasting(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    """An ink colour whose luminance differs from the background's mean by at least 70."""
+    lum = float(background.reshape(-1, 3).mean(0) @ [0.299, 0.587, 0.114])
+    for _ in range(8):
+        ink = _colour(rng, str(rng.choice(PALETTES)))
+        if abs(float(ink @ [0.299, 0.587, 0.114]) - lum) >= 70:
+            return ink
+    return np.full(3, 0.0 if lum > 127 else 255.0, np.float32)
+
+
+def make_glyph(rng: np.random.Generator, char: str, fonts: list[str], size: int = 32,
+               gray: float = 0.35) -> np.ndarray:
+    """One corpus image (size, size, 3) uint8: a glyph in a random font, scale, position,
+    rotation, shear and stroke weight, filled or outlined, solid or textured ink, over a
+    textured background with clutter, noise and blur; gray with probability `gray`."""
+    from PIL import ImageFilter
+
+    big = 2 * size
+    height = rng.uniform(0.45, 0.9) * big
+    font_path = str(rng.choice(fonts))
+    probe = _font(font_path, 100).getbbox(char)
+    extent = max(probe[2] - probe[0], probe[3] - probe[1], 1)
+    font = _font(font_path, max(6, int(100 * height / extent / 2)) * 2)  # even: fewer sizes
+    mask = Image.new("L", (big, big), 0)
+    centre = big / 2 + rng.uniform(-0.12, 0.12, 2) * big
+    stroke = int(rng.integers(1, 4)) if rng.random() < 0.25 else 0
+    ImageDraw.Draw(mask).text(tuple(centre), char, fill=255, font=font, anchor="mm",
+                              stroke_width=stroke, stroke_fill=255)
+    if rng.random() < 0.15:  # outline only: the ink's rim
+        mask = Image.fromarray(np.asarray(mask.filter(ImageFilter.MaxFilter(5)), np.int16).__sub__(
+            np.asarray(mask.filter(ImageFilter.MinFilter(3)), np.int16)).clip(0, 255).astype(
+            np.uint8))
+    shear = rng.uniform(-0.25, 0.25) if rng.random() < 0.5 else 0.0
+    mask = mask.transform((big, big), Image.Transform.AFFINE,
+                          (1, shear, -shear * big / 2, 0, 1, 0), Image.Resampling.BILINEAR)
+    mask = mask.rotate(rng.uniform(-20, 20), Image.Resampling.BILINEAR)
+    alpha = np.asarray(mask.resize((size, size), Image.Resampling.BOX), np.float32)[..., None]
+    alpha /= 255.0
+
+    background = _pattern(rng, size, str(rng.choice(_GLYPH_BACKGROUNDS)),
+                          _colour(rng, str(rng.choice(PALETTES))),
+                          _colour(rng, str(rng.choice(PALETTES))))
+    if rng.random() < 0.3:  # clutter: a few strokes behind the glyph
+        lines = Image.new("L", (big, big), 0)
+        draw = ImageDraw.Draw(lines)
+        for _ in range(int(rng.integers(1, 4))):
+            draw.line([tuple(rng.uniform(0, big, 2)) for _ in range(int(rng.integers(2, 4)))],
+                      fill=255, width=int(rng.integers(1, 4)))
+        clutter = np.asarray(lines.resize((size, size), Image.Resampling.BOX),
+                             np.float32)[..., None] / 255.0 * rng.uniform(0.3, 0.8)
+        background = background * (1 - clutter) + _colour(rng, "any") * clutter
+    ink = _contrasting(rng, background)
+    if rng.random() < 0.3:  # textured ink
+        ink = _pattern(rng, size, str(rng.choice(TEXTURES)), ink, _contrasting(rng, background))
+    image = background * (1 - alpha) + ink * alpha
+    if rng.random() < gray:
+        image = np.repeat(image @ np.array([[0.299], [0.587], [0.114]], np.float32), 3, axis=2)
+    if rng.random() < 0.5:
+        image = image + rng.normal(0, rng.uniform(2, 12), image.shape)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    if rng.random() < 0.2:
+        image = np.asarray(Image.fromarray(image).filter(
+            ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0))))
+    return image
+
+
+def make_glyphs(n: int, size: int = 32, seed: int = 0, classes=None, gray: float = 0.35):
+    """`n` corpus images (n, size, size, 3) uint8, labels (n,) int32 (balanced: image i has
+    class i mod K in a shuffled order) and the class characters. `classes`: from glyph_classes()."""
+    classes = classes if classes is not None else glyph_classes()
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % len(classes)).astype(np.int32)
+    images = np.empty((n, size, size, 3), np.uint8)
+    for i, label in enumerate(labels):
+        char, fonts = classes[label]
+        images[i] = make_glyph(rng, char, fonts, size, gray)
+    return images, labels, [char for char, _ in classes]
