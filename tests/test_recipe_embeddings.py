@@ -6,10 +6,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import ENV, ROOT, run_recipe
 from PIL import Image, ImageDraw
 
 METHODS = ("embedding", "classifier_features", "raw_pixels")
+# variants of every run, and those that need the generic pretrained backbone
+TRAINED_VARIANTS = ("embedding_flip", "embedding_whiten", "embedding_flip_whiten")
+GENERIC_VARIANTS = ("generic_frozen", "generic_frozen_gem", "generic_frozen_multi",
+                    "generic_frozen_whiten", "generic_frozen_multi_whiten")
 METRICS = ("recall_at_1", "recall_at_5", "map_at_r", "knn_accuracy")
 
 
@@ -58,7 +63,8 @@ def test_smoke(tmp_path):
     # A run on 32x32 RGB shapes, interrupted once its first epoch is saved (the epoch line;
     # a SIGINT in the middle of a TensorFlow step can abort the process natively): its backup
     # stays in OUT/backup. The run below, on 20x20 grayscale bars into the same --out, must not
-    # restore it (the shapes would not fit) but say so and start clean.
+    # restore it (the shapes would not fit) but say so and start clean. That run trains its
+    # backbone from scratch (--weights none): the generic backbone has its own test below.
     stopped = interrupt("--smoke", "--out", str(out), after="val_loss")
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert "rerun the same command" in stopped.stderr and "Traceback" not in stopped.stderr
@@ -66,7 +72,7 @@ def test_smoke(tmp_path):
 
     write_bars(tmp_path / "bars.npz")
     done = run_recipe("embeddings", "--smoke", "--out", str(out), "--train-size", "800",
-                      "--dataset", f"npz:{tmp_path / 'bars.npz'}")
+                      "--weights", "none", "--dataset", f"npz:{tmp_path / 'bars.npz'}")
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     assert "holds a backup of another run" in done.stdout
     # progress: the plan before training, then one line per epoch (stdout is not a terminal)
@@ -76,9 +82,11 @@ def test_smoke(tmp_path):
     m = results["metrics"]
     # --train-size 800: 800 of the 1,000 training images of the 4 seen orientations
     assert m["train_images"] == 800 and "train: 800 images of 4 classes" in done.stdout
-    for method in METHODS:
+    assert results["args"]["weights"] == "none" and "backbone: generic" not in done.stdout
+    for method in METHODS + TRAINED_VARIANTS:
         assert set(METRICS) <= set(m[method]), method
         assert all(0 <= m[method][k] <= 1 for k in METRICS), m[method]
+    assert not set(GENERIC_VARIANTS) & set(m)  # no pretrained backbone in this run
     # trained on orientations 0-3 only, the embedding still groups the unseen 4-7; raw pixels
     # (chance MAP@R is about 0.15) cannot, since the bars sit anywhere in the image
     assert m["embedding"]["map_at_r"] > 0.6
@@ -166,3 +174,80 @@ def test_bad_input(tmp_path):
     done = run_recipe("embeddings", "predict", "--model", str(tmp_path / "tiny.keras"),
                       "--top-k", "0", "--gallery", str(gallery), str(query))
     assert done.returncode == 2 and "--top-k 0: valid values" in done.stderr
+
+
+def test_generic_backbone_and_shifted_style(tmp_path):
+    """The default starts from the generic backbone (whatever weights the file holds: this
+    checks the wiring, not the accuracy); every variant is scored; --unseen-style shifted
+    draws other images, and evaluate reproduces the run's numbers only with the same flag."""
+    out = tmp_path / "out"
+    done = run_recipe("embeddings", "--smoke", "--epochs", "1", "--unseen-style", "shifted",
+                      "--out", str(out))
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert "backbone: generic, pretrained" in done.stdout
+    assert "plan: 2 models x 1 epochs x 16 steps" in done.stdout, done.stdout[:2000]
+    results = json.loads((out / "results.json").read_text())
+    assert results["args"]["weights"] == "generic"
+    assert results["args"]["unseen_style"] == "shifted"
+    m = results["metrics"]
+    for method in METHODS + TRAINED_VARIANTS + GENERIC_VARIANTS:
+        assert set(METRICS) <= set(m[method]), method
+        assert all(0 <= m[method][k] <= 1 for k in METRICS), (method, m[method])
+    assert m["train_images"] == 1000 and m["whiten_fit_images"] == 1000
+    assert m["unseen_test_images"] == 200
+    assert (out / "metrics.png").stat().st_size > 10_000
+
+    model = str(out / "model.keras")
+    same = run_recipe("embeddings", "evaluate", "--model", model, "--dataset", "synthetic:shapes",
+                      "--num-examples", "2000", "--unseen-style", "shifted")
+    other = run_recipe("embeddings", "evaluate", "--model", model, "--dataset", "synthetic:shapes",
+                       "--num-examples", "2000", "--out", str(tmp_path / "plain"))
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert other.returncode == 0, other.stderr[-3000:]
+    evaluated = json.loads((out / "evaluate" / "results.json").read_text())["metrics"]
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())["metrics"]
+    for method in ("embedding", "raw_pixels"):
+        for k in METRICS:
+            assert abs(evaluated[method][k] - m[method][k]) < 1e-4, (method, k)
+    assert plain["raw_pixels"] != evaluated["raw_pixels"]
+
+
+def run_in_process(monkeypatch, capsys, *argv: str):
+    """Run the recipe in this process (so that a test can patch common.backbone); returns the
+    exit code and what it printed."""
+    from common import cli
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["embeddings", *argv])
+    with pytest.raises(SystemExit) as exited:
+        cli.run_script(str(ROOT / "recipes" / "embeddings" / "__main__.py"), "embeddings.py")
+    return exited.value.code, capsys.readouterr()
+
+
+def test_generic_backbone_bad_input(tmp_path, monkeypatch, capsys):
+    from common import backbone
+
+    write_bars(tmp_path / "bars.npz", n_train=400, n_test=80)
+    bars = f"npz:{tmp_path / 'bars.npz'}"
+    missing = tmp_path / "missing.weights.h5"
+    corrupt = tmp_path / "corrupt.weights.h5"
+    corrupt.write_bytes(b"not an HDF5 file")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiny.npz", x=rng.integers(0, 255, (400, 12, 12), np.uint8),
+             y=np.arange(400) % 6)
+    cases = [  # (weights file, flags, what the one-line error must say)
+        (missing, ["--dataset", bars], "the generic backbone's weights are missing"),
+        (corrupt, ["--dataset", bars], "cannot read the generic backbone's weights"),
+        (backbone.WEIGHTS, ["--dataset", f"npz:{tmp_path / 'tiny.npz'}"],
+         "needs at least 16x16: resize the images, or pass --weights none"),
+        (backbone.WEIGHTS, ["--dataset", bars, "--unseen-style", "shifted"],
+         "--unseen-style shifted draws synthetic shapes"),
+    ]
+    for i, (weights, flags, message) in enumerate(cases):
+        monkeypatch.setattr(backbone, "WEIGHTS", weights)
+        code, printed = run_in_process(monkeypatch, capsys, "--smoke", "--out",
+                                       str(tmp_path / f"out{i}"), *flags)
+        errors = [line for line in printed.err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and message in errors[0], printed.err[-2000:]
+        assert "Traceback" not in printed.err
+        assert not (tmp_path / f"out{i}" / "results.json").exists()
