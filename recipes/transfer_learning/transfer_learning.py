@@ -1,19 +1,22 @@
 # %% [markdown]
 # # Transfer learning: feature extraction and fine-tuning with few labels
 #
-# **Description:** pretrain a convolutional backbone on a large, varied *source* task, then
-# reuse it for a *different* target task that has only a handful of labels per class. Three
-# strategies get the same target data and the same training budget: training from scratch, a
-# frozen feature extractor with a new head, and fine-tuning the top blocks with a lower
-# learning rate. We measure test accuracy against the number of labels per class, the epochs
-# and seconds each strategy needs to reach a fixed accuracy, and what happens when the target
-# images have other colours, backgrounds and textures than the source images.
+# **Description:** reuse a convolutional backbone pretrained on a large, varied *source* task
+# for a *different* target task that has only a handful of labels per class. By default the
+# backbone is the collection's generic one, pretrained offline on about 800 classes of glyphs,
+# symbols and pictograms (`make pretrain`) and shipped with the repository. Three strategies
+# get the same target data and the same training budget: training from scratch, a frozen
+# feature extractor with a new head, and fine-tuning the top blocks with a lower learning
+# rate. We measure test accuracy against the number of labels per class, the epochs and
+# seconds each strategy needs to reach a fixed accuracy, what happens when the target images
+# have other colours, backgrounds and textures, and (with `--compare-weights`) how the curve
+# moves when the backbone comes from a narrow source instead.
 #
 # **Concepts:** the features a network learns on a large dataset (edges, textures, parts of
 # shapes) are reusable: a frozen pretrained backbone is a ready-made feature extractor. Reusing
 # them cuts the labelled data and the training time a new task needs, and fine-tuning adapts
 # them to the new task, or to a new domain, with a low learning rate so that what was learned
-# is not overwritten. Transfer has a limit too: a source unrelated to the target can hurt.
+# is not overwritten. Transfer has a limit too: a small source unrelated to the target can hurt.
 #
 # Run: `make transfer_learning` or `python -m recipes.transfer_learning --help`. In a notebook,
 # pass flags through `RECIPE_ARGS` in a cell above the setup cell, e.g.
@@ -63,19 +66,28 @@ APPLICATIONS = {
     "efficientnetb0": ("EfficientNetB0", "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5"),
 }
 STRATEGIES = ("scratch", "frozen", "finetune")
+COMPARED = ("frozen", "finetune")  # what --compare-weights measures with its backbone
 
 parser = cli.parser("transfer_learning", "Reuse a pretrained backbone for a new task with few labels.",
                     dataset="synthetic:shapes", epochs=15, batch_size=64, budget_steps=2000)
-parser.add_argument("--weights", default="pretrain",
-                    help="pretrain: train the backbone here on a synthetic source task (saved as "
-                    "OUT/backbone.keras, reused when present) | imagenet: keras.applications ImageNet "
-                    "weights (a download) | none: random | PATH.keras: a saved backbone model | "
-                    "PATH.weights.h5 or PATH.h5: weights for --backbone")
-parser.add_argument("--backbone", choices=["small_cnn", *APPLICATIONS], default=None,
-                    help="architecture (default: mobilenetv3small with --weights imagenet, else small_cnn)")
+parser.add_argument("--weights", default="generic",
+                    help="generic: the collection's pretrained backbone, shipped with the repository "
+                    "(offline), at the data's own image size and channels | pretrain: train small_cnn "
+                    "here on a six-shape synthetic source task (saved as OUT/backbone.keras, reused when "
+                    "present) | imagenet: keras.applications ImageNet weights (a download) | none: random "
+                    "| PATH.keras: a saved backbone model | PATH.weights.h5 or PATH.h5: weights for --backbone")
+parser.add_argument("--compare-weights", default=None, metavar="WEIGHTS",
+                    help="also measure the frozen and finetune curve of a second backbone (any --weights "
+                    "value, e.g. pretrain) on the same labelled sets, drawn beside the first in "
+                    "data_efficiency.png; results under metrics.<WEIGHTS> (metrics.file for a PATH)")
+parser.add_argument("--backbone", choices=["small_cnn", "generic", *APPLICATIONS], default=None,
+                    help="architecture for --weights pretrain, none, imagenet and PATH.weights.h5 "
+                    "(default: mobilenetv3small with imagenet, else small_cnn; --weights generic is "
+                    "always the generic architecture, and --backbone generic with none or PATH.weights.h5 "
+                    "gives it random weights or yours, e.g. from `make pretrain`)")
 parser.add_argument("--image-size", type=int, default=None,
-                    help="image side in pixels (default: 32 for small_cnn, 96 for keras.applications; "
-                    "a .keras backbone brings its own)")
+                    help="image side in pixels (default: the data's own size for the generic backbone, "
+                    "32 for small_cnn, 96 for keras.applications; a .keras backbone brings its own)")
 parser.add_argument("--labels-per-class", default="5,10,25,100,all",
                     help="labelled target examples per class, one run of each strategy per value")
 parser.add_argument("--shift-labels", default="10,100",
@@ -95,20 +107,23 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
 
+from common import backbone as generic
 from common import callbacks, data, metrics, pipeline, plots, saving, synthetic
 
 if args.command == "predict":
     cli.predict_classifier(args)
     raise SystemExit
 out = Path(args.out)
-# Source task: six shapes in many colours, backgrounds and textures. Target task: the four
-# other shapes, same styles. Shifted target: the four other shapes, dark colours on noise.
+# Source task of --weights pretrain: six shapes in many colours, backgrounds and textures.
+# Target task: the four other shapes, same styles. Shifted target: the four other shapes, dark
+# colours on noise. (The generic backbone's glyph corpus has none of the ten shapes.)
 SOURCE_SHAPES, TARGET_SHAPES = synthetic.SHAPES[:6], synthetic.SHAPES[6:]
 SOURCE_STYLE = dict(palette="any", backgrounds=("plain", "gradient", "stripes"), textures=("solid", "stripes", "checker"))
 SHIFTED_STYLE = dict(palette="dark", backgrounds=("noise",), textures=("noise",))
@@ -122,22 +137,26 @@ if args.smoke:
 # %% [markdown]
 # ## Prepare the data
 #
-# With the default `synthetic:shapes`, the *source* task has six shape classes (circle, ring,
-# square, frame, triangle, diamond) and the *target* task the four others (hexagon, star,
-# cross, crescent): a different task, not more data of the same one. Any other dataset spec
-# (e.g. `npz:../shared/data/mnist10k.npz`) is used whole as the target task; the source stays
-# the synthetic shapes. `--train-size N` keeps a class-balanced subset of N of the target's
-# training images (all of them by default). From the target training set we draw `n` labelled
-# examples per class for each point of the data-efficiency curve; the smaller sets are
-# contained in the larger.
+# With the default `synthetic:shapes`, the *target* task is four shapes (hexagon, star, cross,
+# crescent) at 32x32 pixels. The generic backbone never saw them: its glyph corpus leaves out
+# every shape of this dataset. `--weights pretrain` instead pretrains on the six other shapes
+# (circle, ring, square, frame, triangle, diamond): a different task, not more data of the
+# same one. Any other dataset spec (e.g. `npz:../shared/data/mnist10k.npz`) is used whole as
+# the target task. The generic backbone takes the images at their own size and channels
+# (MNIST stays 28x28 gray); the other backbones get the square RGB size they were built for.
+# `--train-size N` keeps a class-balanced subset of N of the target's training images (all of
+# them by default). From the target training set we draw `n` labelled examples per class for
+# each point of the data-efficiency curve; the smaller sets are contained in the larger.
 
 # %%
 def target_task(spec, size, channels, shifted=False):
-    """The target task: four new shapes for synthetic:shapes (optionally in other styles)."""
+    """The target task: four new shapes for synthetic:shapes (optionally in other styles).
+    `size` or `channels` None: the data's own (synthetic:shapes: 32 pixels, RGB)."""
     if spec != "synthetic:shapes":
         return data.require(data.load(spec, seed=args.seed, image_size=size, channels=channels),
                             data.Classification, spec)
     style, k, seed = (SHIFTED_STYLE if shifted else SOURCE_STYLE), len(TARGET_SHAPES), args.seed + 2 * shifted
+    size = size or 32
     x, y = synthetic.make_shapes(sizes["target"] * k, size, seed + 1, TARGET_SHAPES, **style)
     xt, yt = synthetic.make_shapes(sizes["test"] * k, size, seed + 2, TARGET_SHAPES, **style)
     return data.Classification(data.conform(x, channels=channels), y, data.conform(xt, channels=channels),
@@ -177,6 +196,34 @@ if not 0 < args.unfreeze <= 1 or not 0 < args.target_accuracy < 1:
     raise UserError("--unfreeze must be in (0, 1] and --target-accuracy in (0, 1)")
 if args.finetune_lr <= 0 or args.pretrain_epochs < 1:
     raise UserError("--finetune-lr must be positive and --pretrain-epochs at least 1")
+WEIGHT_KEYWORDS = ("generic", "pretrain", "imagenet", "none")
+
+
+def check_weights_value(value, flag):
+    if value not in WEIGHT_KEYWORDS and not value.endswith((".keras", ".h5")):
+        raise UserError(f"{flag} {value!r}: valid values are generic, pretrain, imagenet, none, "
+                        "PATH.keras, PATH.weights.h5 or PATH.h5")
+
+
+check_weights_value(args.weights, "--weights")
+compared = [args.weights]
+if args.compare_weights is not None:
+    check_weights_value(args.compare_weights, "--compare-weights")
+    if args.compare_weights == args.weights:
+        raise UserError(f"--compare-weights {args.compare_weights} is --weights already: pass "
+                        "another backbone to compare with, e.g. --compare-weights pretrain")
+    compared.append(args.compare_weights)
+# --backbone names the architecture that pretrain, none, imagenet and PATH.h5 weights go into;
+# the generic weights have their own, and a .keras file brings its own
+if args.backbone not in (None, "generic") and "generic" in compared and all(
+        w == "generic" or w.endswith(".keras") for w in compared):
+    raise UserError(f"--backbone {args.backbone} does not apply to --weights generic: the generic "
+                    "backbone is its own architecture. Leave out --backbone, or pass --weights (or "
+                    f"--compare-weights) pretrain, none, imagenet or PATH.weights.h5 to use {args.backbone}")
+if args.backbone == "generic" and "pretrain" in compared:
+    raise UserError("--weights pretrain trains small_cnn or a keras.applications backbone on six "
+                    "shapes; the generic architecture is pretrained by `make pretrain`: pass --weights "
+                    "generic, or --weights runs/pretrain/backbone.weights.h5 --backbone generic")
 
 
 # %% [markdown]
@@ -184,17 +231,27 @@ if args.finetune_lr <= 0 or args.pretrain_epochs < 1:
 #
 # One function, `load_backbone`, turns `--weights` into a backbone, whatever the source:
 #
+# - `generic` (default, offline): the collection's generic backbone, pretrained by
+#   `recipes/pretrain` on a large synthetic corpus (about 800 classes of letters, symbols,
+#   pictograms and line art, in colour and gray) and shipped in `common/weights`. It is fully
+#   convolutional (four stages of two 3x3 convolutions with BatchNorm, the run prints its
+#   size), so it is built for the target's own image size. For gray images its
+#   first convolution's kernel is summed over the three colour channels, which gives a gray
+#   image exactly the features of its RGB copy;
 # - `imagenet`: a standard `keras.applications` model (MobileNetV3Small, EfficientNetB0)
 #   with ImageNet weights, for online users (Keras downloads them once, then caches them);
 # - `PATH.weights.h5` / `PATH.h5`: weights for the `--backbone` architecture, e.g. the
 #   ImageNet file downloaded elsewhere. Shapes are compared *before* loading, so a file for
 #   another architecture fails with both shapes named, not with a Keras stack trace;
 # - `PATH.keras`: a whole saved backbone (architecture and weights);
-# - `pretrain` (default, offline): the recipe first trains `small_cnn` on the source task,
-#   saves it as `OUT/backbone.keras` and loads it back through the `PATH.keras` branch.
+# - `pretrain` (offline, narrow): the recipe first trains `small_cnn` on a source task of six
+#   synthetic shapes, saves it as `OUT/backbone.keras` and loads it back through the
+#   `PATH.keras` branch. This was the recipe's default before the generic backbone existed;
+#   `--compare-weights pretrain` measures what the generic backbone gains over it.
 #
-# `small_cnn` is four blocks of two 3x3 convolutions with BatchNorm; it is fast on a CPU
-# at 32x32 pixels. All backbones take raw [0, 255] pixels (their rescaling is inside).
+# `small_cnn` is four blocks of two 3x3 convolutions with BatchNorm (0.3M parameters); it is
+# fast on a CPU at 32x32 pixels. All backbones take raw [0, 255] pixels (their rescaling is
+# inside).
 
 # %%
 def small_cnn(input_shape, width=16):
@@ -211,11 +268,14 @@ def small_cnn(input_shape, width=16):
     return keras.Model(inputs, x, name="small_cnn")
 
 
-def build_backbone(name, size, weights=None):
+def build_backbone(name, shape, weights=None):
+    """The `name` architecture for (H, W, C) images, with random weights unless `weights`."""
+    if name == "generic":
+        return generic.generic_backbone(shape)
     if name == "small_cnn":
-        return small_cnn((size, size, 3))
+        return small_cnn(shape)
     application = getattr(keras.applications, APPLICATIONS[name][0])  # preprocessing included
-    return application(input_shape=(size, size, 3), include_top=False, weights=weights)
+    return application(input_shape=shape, include_top=False, weights=weights)
 
 
 def imagenet_weights_reachable(name):
@@ -245,8 +305,12 @@ def check_weights_fit(model, path, name):
                         "--backbone and --image-size, or a whole backbone as PATH.keras")
 
 
-def load_backbone(weights, name, size):
-    """The backbone that --weights names: the one code path for every source of weights."""
+def load_backbone(weights, name, shape):
+    """The backbone that --weights names, for (H, W, C) images: the one code path for every
+    source of weights."""
+    if weights == "generic":
+        # generic.WEIGHTS is read here, at call time, so that a test can point it elsewhere
+        return generic.load_generic(shape, path=generic.WEIGHTS)
     if weights == "imagenet":
         if name not in APPLICATIONS:
             raise UserError(f"ImageNet weights exist for {', '.join(APPLICATIONS)}, not {name}: "
@@ -256,14 +320,12 @@ def load_backbone(weights, name, size):
             raise UserError(f"--weights imagenet needs a download: Keras fetches the {name} ImageNet "
                             f"weights from {url}, and this machine cannot reach it. Download that file "
                             f"where you have a network and pass it with --weights PATH.h5 --backbone {name}, "
-                            "or leave out --weights to pretrain a backbone here, offline")
-        return build_backbone(name, size, "imagenet")
+                            "or leave out --weights to use the generic backbone shipped with the "
+                            "repository, offline")
+        return build_backbone(name, shape, "imagenet")
     if weights == "none":
-        return build_backbone(name, size)
+        return build_backbone(name, shape)
     path = Path(weights)
-    if not path.name.endswith((".keras", ".h5")):
-        raise UserError(f"--weights {weights!r}: valid values are pretrain, imagenet, none, "
-                        "PATH.keras, PATH.weights.h5 or PATH.h5")
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     if path.suffix == ".keras":
@@ -272,7 +334,9 @@ def load_backbone(weights, name, size):
             raise UserError(f"{path}: a backbone outputs feature maps (N, H, W, C) or features "
                             f"(N, C); this model outputs {backbone.output_shape}")
         return backbone
-    backbone = build_backbone(name, size)
+    if name == "generic":  # e.g. a `make pretrain` run's weights: the same checks as the shipped file
+        return generic.load_generic(shape, path=path)
+    backbone = build_backbone(name, shape)
     check_weights_fit(backbone, path, name)
     try:
         backbone.load_weights(path)
@@ -281,36 +345,55 @@ def load_backbone(weights, name, size):
     return backbone
 
 
-backbone_name = args.backbone or ("mobilenetv3small" if args.weights == "imagenet" else "small_cnn")
-image_size = args.image_size or (32 if backbone_name == "small_cnn" else 96)
-if image_size < (8 if backbone_name == "small_cnn" else 32):
-    raise UserError(f"--image-size {image_size} is too small for {backbone_name} (valid: 8 or more "
-                    "for small_cnn, 32 or more for the keras.applications backbones)")
-reference = None if args.weights == "pretrain" else load_backbone(args.weights, backbone_name, image_size)
-if reference is not None:  # a loaded backbone decides the input size
-    image_size, channels = reference.input_shape[1], reference.input_shape[-1]
-else:
-    channels = 3
-target = target_task(args.dataset, image_size, channels)
-target.x_train, target.y_train = cli.train_subset(args, target.x_train, target.y_train)
+def prepare(weights):
+    """The backbone that `weights` names (None for pretrain: trained below) and the target task
+    prepared for its input. A generic backbone takes the images at their own size and channels;
+    the others get square RGB images of --image-size, or of the size a .keras backbone has."""
+    name = "generic" if weights == "generic" else args.backbone or (
+        "mobilenetv3small" if weights == "imagenet" else "small_cnn")
+    size = None
+    if name == "generic" and not weights.endswith(".keras"):
+        task = target_task(args.dataset, args.image_size, None)
+        reference = load_backbone(weights, name, task.x_train.shape[1:])
+    else:
+        size = args.image_size or (32 if name == "small_cnn" else 96)
+        if size < (8 if name == "small_cnn" else 32):
+            raise UserError(f"--image-size {size} is too small for {name} (valid: 8 or more for "
+                            "small_cnn, 32 or more for the keras.applications backbones)")
+        reference = None if weights == "pretrain" else load_backbone(weights, name, (size, size, 3))
+        channels = 3
+        if reference is not None:  # a loaded backbone decides the input size
+            size, channels = reference.input_shape[1], reference.input_shape[-1]
+        task = target_task(args.dataset, size, channels)
+    task.x_train, task.y_train = cli.train_subset(args, task.x_train, task.y_train)
+    # the name of its results (metrics.<label>) and runs, when it is the backbone compared with
+    label = weights if weights in WEIGHT_KEYWORDS else "file"
+    return SimpleNamespace(weights=weights, label=label, name=name, size=size, reference=reference,
+                           target=task)
+
+
+setups = [prepare(weights) for weights in compared]  # the backbone, then the one compared with
+target = setups[0].target
+height, width, channels = target.x_train.shape[1:]
 budgets.sort(key=lambda n: len(per_class(target.y_train, n, args.seed)))
 # The epoch budget follows the largest labelled set. Smaller sets are repeated up to
 # `min_steps` steps per epoch, so a batch larger than a small set is fine here.
 cli.training_budget(args, max(len(per_class(target.y_train, budgets[-1], args.seed)), args.batch_size))
 shifted = None  # the domain-shift task (see below)
 if args.dataset == "synthetic:shapes" and shift_budgets:
-    shifted = target_task(args.dataset, image_size, channels, shifted=True)
+    shifted = target_task(args.dataset, height, channels, shifted=True)
 print(f"target: {len(target.x_train)} train / {len(target.x_test)} test images, "
-      f"{target.num_classes} classes, {image_size}x{image_size}x{channels}; "
+      f"{target.num_classes} classes, {height}x{width}x{channels}; "
       f"{args.epochs} epochs per model")
 
 
 # %% [markdown]
-# ## Pretrain on the source task (offline default)
+# ## Pretrain on the source task (`--weights pretrain`)
 #
 # A from-scratch classifier for the six source shapes; afterwards we keep only its backbone.
 # The file is reused by later runs with the same settings, so the comparison below can be
-# rerun without paying for pretraining again.
+# rerun without paying for pretraining again. (The generic backbone needs none of this: it
+# was pretrained once, by `make pretrain`, and ships with the repository.)
 
 # %%
 augment = keras.Sequential([keras.layers.RandomTranslation(0.1, 0.1, seed=args.seed),
@@ -329,17 +412,19 @@ def classifier(backbone, num_classes, pretrained):
 
 
 pretrain_metrics = {}
-if args.weights == "pretrain":
+narrow = next((setup for setup in setups if setup.weights == "pretrain"), None)
+if narrow is not None:
     backbone_file, info_file = out / "backbone.keras", out / "backbone.json"
-    settings = dict(backbone=backbone_name, image_size=image_size, source_shapes=list(SOURCE_SHAPES),
+    settings = dict(backbone=narrow.name, image_size=narrow.size, source_shapes=list(SOURCE_SHAPES),
                     source_images=sizes["source"], pretrain_epochs=args.pretrain_epochs, seed=args.seed)
     info = json.loads(info_file.read_text()) if info_file.is_file() and backbone_file.is_file() else {}
     if {k: info.get(k) for k in settings} == settings:
         print(f"reusing the pretrained backbone {backbone_file} (delete it to pretrain again)")
     else:
-        xs, ys = synthetic.make_shapes(sizes["source"], image_size, args.seed + 100, SOURCE_SHAPES, **SOURCE_STYLE)
-        xv, yv = synthetic.make_shapes(sizes["source"] // 4, image_size, args.seed + 101, SOURCE_SHAPES, **SOURCE_STYLE)
-        backbone = build_backbone(backbone_name, image_size)
+        xs, ys = synthetic.make_shapes(sizes["source"], narrow.size, args.seed + 100, SOURCE_SHAPES, **SOURCE_STYLE)
+        xv, yv = synthetic.make_shapes(sizes["source"] // 4, narrow.size, args.seed + 101, SOURCE_SHAPES, **SOURCE_STYLE)
+        keras.utils.set_random_seed(args.seed)  # the same backbone whether compared with or not
+        backbone = build_backbone(narrow.name, (narrow.size, narrow.size, 3))
         model = classifier(backbone, len(SOURCE_SHAPES), pretrained=False)
         model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
         plan = callbacks.Plan(["pretrain"], args.pretrain_epochs, math.ceil(len(xs) / args.batch_size),
@@ -353,8 +438,7 @@ if args.weights == "pretrain":
         info = {**settings, "source_test_accuracy": float(accuracy)}
         info_file.write_text(json.dumps(info, indent=2) + "\n")
     pretrain_metrics = {"source_test_accuracy": info["source_test_accuracy"], "source_classes": len(SOURCE_SHAPES)}
-    reference = load_backbone(str(backbone_file), backbone_name, image_size)  # the --weights PATH code
-reference_weights = reference.get_weights()
+    narrow.reference = load_backbone(str(backbone_file), narrow.name, None)  # the --weights PATH code
 
 
 # %% [markdown]
@@ -367,7 +451,10 @@ reference_weights = reference.get_weights()
 #   frozen backbone, then the top `--unfreeze` fraction of the backbone's layers is unfrozen
 #   and trained together with the head at a lower learning rate (`--finetune-lr`). BatchNorm
 #   layers stay frozen and in inference mode: re-estimating their statistics from a few
-#   dozen images would wreck the features they normalise.
+#   dozen images would wreck the features they normalise. For the generic backbone the
+#   default half is the convolutions of stages 3 and 4: the task-specific top of the network,
+#   which also holds most of its weights, while the edge and stroke detectors of stages 1 and
+#   2 stay as pretrained. The run prints what it unfreezes for each backbone.
 #
 # Every run gets `--epochs` epochs of at least `min_steps` steps (small sets are repeated, with
 # light augmentation), so every strategy makes the same number of updates on the same images.
@@ -376,26 +463,36 @@ reference_weights = reference.get_weights()
 # models that had finished and gives the numbers an uninterrupted run gives.
 
 # %%
-def unfreeze_top(backbone, fraction):
-    backbone.trainable = True
+def top_layers(backbone, fraction):
+    """The layers fine-tuning trains: of the layers that hold weights, in the backbone's order,
+    the top `fraction`, BatchNorm left out. For the generic backbone's 16 (8 convolutions, 8
+    BatchNorm) the default 0.5 gives the four convolutions of stages 3 and 4."""
     layers = [layer for layer in backbone.layers if layer.weights]
     first = int(round(len(layers) * (1 - fraction)))
-    for i, layer in enumerate(layers):
-        layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+    return [layer for layer in layers[first:] if not isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def unfreeze_top(backbone, fraction):
+    backbone.trainable = True
+    trained = {id(layer) for layer in top_layers(backbone, fraction)}
+    for layer in backbone.layers:
+        if layer.weights:
+            layer.trainable = id(layer) in trained
 
 
 def steps_per_epoch(n_images):
     return max(min_steps, math.ceil(n_images / args.batch_size))
 
 
-def train(strategy, x, y, test_ds, num_classes, name, validate=False):
-    """One strategy on one labelled set: the model, its test accuracy, and (with `validate`)
-    the test accuracy after each epoch with the seconds spent until then."""
+def train(strategy, reference, x, y, test_ds, num_classes, name, validate=False):
+    """One strategy on one labelled set, starting from the `reference` backbone: the model, its
+    test accuracy, and (with `validate`) the test accuracy after each epoch with the seconds
+    spent until then."""
     keras.utils.set_random_seed(args.seed)  # the same start for every run, trained or loaded
     pretrained = strategy != "scratch"
     backbone = keras.models.clone_model(reference)  # new layers, freshly initialised
     if pretrained:
-        backbone.set_weights(reference_weights)
+        backbone.set_weights(reference.get_weights())
     backbone.trainable = not pretrained
     model = classifier(backbone, num_classes, pretrained)
     record = finished.load(name, model)
@@ -431,12 +528,26 @@ def train(strategy, x, y, test_ds, num_classes, name, validate=False):
     return model, accuracy, history
 
 
+# What each backbone is, and what fine-tuning will train of it
+if "generic" in compared:
+    made = generic.record()
+    print(f"generic backbone: {generic.WEIGHTS} (" + (
+        f"made by `{made.get('command')}` at commit {made.get('commit')})" if made else
+        "no provenance record beside it: not the shipped weights)"))
+for setup in setups:
+    top = top_layers(setup.reference, args.unfreeze)
+    print(f"{setup.label} backbone: {setup.name}, {setup.reference.count_params():,} parameters, "
+          f"input {'x'.join(str(s) for s in setup.target.x_train.shape[1:])}; fine-tuning trains "
+          f"{sum(layer.count_params() for layer in top):,} of them in {len(top)} layers: "
+          f"{', '.join(layer.name for layer in top[:6])}{', ...' if len(top) > 6 else ''}")
+
+
 # %% [markdown]
 # ## Data efficiency and convergence
 #
 # For each number of labels per class, the three strategies train on the same images. The
 # largest set also records test accuracy after every epoch, for the convergence comparison.
-# The plan line counts every run, the domain-shift ones below included.
+# The plan line counts every run, the domain-shift and compared-backbone ones below included.
 
 # %%
 planned = {f"{s}_{n}": steps_per_epoch(len(per_class(target.y_train, n, args.seed)))
@@ -444,12 +555,16 @@ planned = {f"{s}_{n}": steps_per_epoch(len(per_class(target.y_train, n, args.see
 if shifted is not None:
     planned.update({f"shift_{s}_{n}": steps_per_epoch(len(per_class(shifted.y_train, n, args.seed)))
                     for n in shift_budgets for s in STRATEGIES})
+for setup in setups[1:]:  # the compared backbone's runs are named after it
+    planned.update({f"{setup.label}_{s}_{n}": steps_per_epoch(len(per_class(setup.target.y_train, n, args.seed)))
+                    for n in budgets for s in COMPARED})
 finished = callbacks.Finished(out, args)
 # runs that finished before an interrupt are loaded in train(), not planned (record written last)
 planned = {name: steps for name, steps in planned.items() if not (finished.directory / f"{name}.json").is_file()}
 # one steps-per-epoch figure for all runs: their mean, so that the planned total is right
 plan = callbacks.Plan(list(planned), args.epochs, round(sum(planned.values()) / len(planned)),
                       what="runs") if planned else None
+reference = setups[0].reference
 test_ds = pipeline.for_eval(target.x_test, target.y_test)
 curve = {s: {} for s in STRATEGIES}
 histories = {}
@@ -457,7 +572,7 @@ for n in budgets:
     chosen = per_class(target.y_train, n, args.seed)
     for strategy in STRATEGIES:
         last = n == budgets[-1]
-        model, curve[strategy][n], history = train(strategy, target.x_train[chosen], target.y_train[chosen],
+        model, curve[strategy][n], history = train(strategy, reference, target.x_train[chosen], target.y_train[chosen],
                                                    test_ds, target.num_classes, f"{strategy}_{n}", validate=last)
         if last:
             histories[strategy] = history
@@ -497,8 +612,29 @@ if shifted is not None:
     for n in shift_budgets:
         chosen = per_class(shifted.y_train, n, args.seed)
         for strategy in STRATEGIES:
-            _, shift_metrics[strategy][n], _ = train(strategy, shifted.x_train[chosen], shifted.y_train[chosen],
+            _, shift_metrics[strategy][n], _ = train(strategy, reference, shifted.x_train[chosen], shifted.y_train[chosen],
                                                      shifted_test, shifted.num_classes, f"shift_{strategy}_{n}")
+
+# %% [markdown]
+# ## Another backbone on the same curve (`--compare-weights`)
+#
+# Which source to transfer from matters as much as how: `--compare-weights pretrain` trains
+# the frozen and finetune strategies again, on the same labelled sets with the same budget,
+# from the narrow six-shape backbone instead. (Scratch does not depend on the weights; with
+# another architecture its curve would move too, but what is compared here is the source.)
+
+# %%
+other_curves = {}
+for setup in setups[1:]:
+    task = setup.target
+    other_test = pipeline.for_eval(task.x_test, task.y_test)
+    other_curves[setup.label] = {s: {} for s in COMPARED}
+    for n in budgets:
+        chosen = per_class(task.y_train, n, args.seed)
+        for strategy in COMPARED:
+            _, other_curves[setup.label][strategy][n], _ = train(
+                strategy, setup.reference, task.x_train[chosen], task.y_train[chosen], other_test,
+                task.num_classes, f"{setup.label}_{strategy}_{n}")
 
 # %% [markdown]
 # ## Plots and the saved model
@@ -508,25 +644,36 @@ if shifted is not None:
 
 # %%
 saving.save_classifier(final_model, out, target.class_names)
-source = data.Classification(*synthetic.make_shapes(12, image_size, args.seed + 102, SOURCE_SHAPES, **SOURCE_STYLE),
-                             *synthetic.make_shapes(0, image_size), list(SOURCE_SHAPES))
-tasks = [source, target, shifted] if shift_metrics else [source, target]
+tasks = [target, shifted] if shift_metrics else [target]
+if narrow is not None:  # the six-shape source task, drawn at the target's size
+    xs, ys = synthetic.make_shapes(12, narrow.size, args.seed + 102, SOURCE_SHAPES, **SOURCE_STYLE)
+    tasks.insert(0, data.Classification(data.conform(xs, (height, width)), ys, *synthetic.make_shapes(0, height),
+                                        list(SOURCE_SHAPES)))
 shown = [(task, per_class(task.y_train, math.ceil(12 / task.num_classes), args.seed)[:12]) for task in tasks]
 plots.image_grid(np.concatenate([data.conform(task.x_train[i], channels=3) for task, i in shown]),
                  [task.class_names[c] for task, i in shown for c in task.y_train[i]], out / "samples.png",
-                 ncols=12, title="rows: source task, target task" + (", target after the domain shift" if shift_metrics else ""))
+                 ncols=12, title="rows: " + ", ".join(
+                     (["six-shape source task (--weights pretrain)"] if narrow is not None else [])
+                     + ["target task"] + (["target after the domain shift"] if shift_metrics else [])))
 count = {n: len(per_class(target.y_train, n, args.seed)) / target.num_classes for n in budgets}
 fig, ax = plt.subplots(figsize=(6, 4))
+suffix = f", {setups[0].label} backbone" if other_curves else ""
 for i, strategy in enumerate(STRATEGIES):
-    ax.plot([count[n] for n in budgets], [curve[strategy][n] for n in budgets], "o-", color=f"C{i}", label=strategy)
+    ax.plot([count[n] for n in budgets], [curve[strategy][n] for n in budgets], "o-", color=f"C{i}",
+            label=strategy + (suffix if strategy != "scratch" else ""))
     if shift_metrics:
         ax.plot([len(per_class(shifted.y_train, n, args.seed)) / shifted.num_classes for n in shift_budgets],
                 [shift_metrics[strategy][n] for n in shift_budgets], "s--", color=f"C{i}", label=f"{strategy}, domain shift")
+    for label, other in other_curves.items():
+        if strategy in other:
+            ax.plot([count[n] for n in budgets], [other[strategy][n] for n in budgets], "^-.", color=f"C{i}",
+                    alpha=0.6, label=f"{strategy}, {label} backbone")
 ax.axhline(1 / target.num_classes, color="gray", linestyle=":", label="chance")
 ax.set(xscale="log", xlabel="labelled examples per class", ylabel="target test accuracy", ylim=(0, 1.02),
-       title="data efficiency: same data, same budget")
+       title="data efficiency: same data, same budget" + (f" ({' vs '.join(compared)})" if other_curves else ""))
 ax.set_xticks([count[n] for n in budgets], [f"{count[n]:.0f}" for n in budgets])
-ax.legend(fontsize=7)
+# a compared backbone doubles the legend: beside the axes, so that it hides no point
+ax.legend(fontsize=7, **(dict(loc="center left", bbox_to_anchor=(1.01, 0.5)) if other_curves else {}))
 ax.grid(alpha=0.3)
 plots.save(fig, out / "data_efficiency.png")
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -550,8 +697,10 @@ plots.image_grid(target.x_test[:16], [target.class_names[p] for p in y_pred[:16]
 # %% [markdown]
 # ## Results
 #
-# `metrics.<strategy>.<labels per class>` is the target test accuracy; the headline compares
-# fine-tuning with training from scratch at 10 labels per class.
+# `metrics.<strategy>.<labels per class>` is the target test accuracy with the `--weights`
+# backbone; the headline compares fine-tuning with training from scratch at 10 labels per
+# class. A compared backbone's curve is `metrics.<its --compare-weights>.<strategy>.<labels>`,
+# e.g. `metrics.pretrain.finetune.10` (a PATH: `metrics.file...`).
 
 # %%
 head = "10" if "10" in budgets else budgets[0]
@@ -563,5 +712,7 @@ if pretrain_metrics:
     results_metrics["pretrain"] = pretrain_metrics
 if shift_metrics:
     results_metrics["domain_shift"] = shift_metrics
+for label, other in other_curves.items():  # beside the pretraining's own scores, for pretrain
+    results_metrics[label] = {**results_metrics.get(label, {}), **other}
 cli.finish(args, results_metrics, args.dataset)
 finished.clear()  # results.json is written: nothing left to resume
