@@ -249,8 +249,10 @@ plots.bars(probe_scores, out / "probe.png", "test accuracy",
 # %% [markdown]
 # ### The first layer's filters
 #
-# Pretrained filters are smooth oriented edges, bars and colour-opponent blobs; random ones are
-# noise. Each tile is one 3x3x3 filter, scaled to the full colour range.
+# Each tile is one 3x3x3 filter, scaled to the full colour range: the colour and the small
+# gradient each first-layer unit responds to. At 3x3 pixels there is little structure to see
+# (large-kernel ImageNet stems show their Gabor-like edges better); deeper layers combine these
+# into strokes and corners, and the linear probe above is the real measure of what they are worth.
 
 # %%
 kernels = net.get_layer("stage1_a_conv").get_weights()[0]  # (3, 3, 3, 32)
