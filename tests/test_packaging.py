@@ -31,6 +31,9 @@ def test_installs_from_a_clean_export_and_runs_outside_the_repository(tmp_path):
     assert built.returncode == 0, built.stderr[-3000:]
     assert (site / "common" / "data.py").is_file()
     assert (site / "recipes" / "backprop" / "backprop.py").is_file()
+    # the shipped generic backbone and its provenance record travel with the package
+    assert (site / "common" / "weights" / "generic_backbone.weights.h5").stat().st_size > 100_000
+    assert (site / "common" / "weights" / "generic_backbone.json").is_file()
     metadata = next(site.glob("cnn_recipes-*.dist-info")) / "METADATA"
     text = metadata.read_text()
     assert "Requires-Python: >=3.11" in text
