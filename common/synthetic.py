@@ -396,7 +396,7 @@ def make_glyph(rng: np.random.Generator, char: str, fonts: list[str], size: int 
     """One corpus image (size, size, 3) uint8: a glyph in a random font, scale, position,
     rotation, shear and stroke weight, filled or outlined, solid or textured ink, over a
     textured background with clutter, noise and blur; gray with probability `gray`."""
-    from PIL import ImageFilter
+    from PIL import ImageChops, ImageFilter
 
     big = 2 * size
     height = rng.uniform(0.45, 0.9) * big
@@ -410,9 +410,8 @@ def make_glyph(rng: np.random.Generator, char: str, fonts: list[str], size: int 
     ImageDraw.Draw(mask).text(tuple(centre), char, fill=255, font=font, anchor="mm",
                               stroke_width=stroke, stroke_fill=255)
     if rng.random() < 0.15:  # outline only: the ink's rim
-        mask = Image.fromarray(np.asarray(mask.filter(ImageFilter.MaxFilter(5)), np.int16).__sub__(
-            np.asarray(mask.filter(ImageFilter.MinFilter(3)), np.int16)).clip(0, 255).astype(
-            np.uint8))
+        mask = ImageChops.subtract(mask.filter(ImageFilter.MaxFilter(5)),
+                                   mask.filter(ImageFilter.MinFilter(3)))
     shear = rng.uniform(-0.25, 0.25) if rng.random() < 0.5 else 0.0
     mask = mask.transform((big, big), Image.Transform.AFFINE,
                           (1, shear, -shear * big / 2, 0, 1, 0), Image.Resampling.BILINEAR)
