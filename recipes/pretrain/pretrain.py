@@ -76,7 +76,27 @@ parser.add_argument("--probe", default="synthetic:shapes",
 parser.add_argument("--ship", action="store_true",
                     help="replace common/weights/generic_backbone.weights.h5 and its record")
 args = cli.parse_args(parser)
-cli.classifier_commands(args)  # `predict` / `evaluate` the glyph classifier, then stop
+if args.command == "evaluate" and args.dataset == "synthetic:glyphs":
+    # The corpus is not a `data.load` spec: score the glyph classifier on freshly drawn images
+    # of its classes (10 per class, the validation seed stream), then stop.
+    import time
+
+    from common import metrics, results, saving, synthetic
+
+    model, class_names = saving.load_classifier(args.model)
+    glyphs = synthetic.glyph_classes(len(class_names))
+    if [char for char, _ in glyphs] != class_names:
+        raise UserError(f"{args.model} does not classify the synthetic:glyphs corpus (its "
+                        f"{len(class_names)} class names differ): evaluate it on its own dataset")
+    x, y, _ = synthetic.make_glyphs(10 * len(class_names), model.input_shape[1], [args.seed, 1],
+                                    glyphs)
+    y_pred = model.predict(x.astype("float32"), batch_size=args.batch_size, verbose=0).argmax(-1)
+    scores = metrics.classification(y, y_pred, len(class_names))
+    results.write(args.out, args.recipe, args.dataset, scores, time.time() - args.started,
+                  vars(args), model=str(args.model))
+    print(results.summary(scores, f"evaluate {args.model} on {args.dataset}"))
+    raise SystemExit
+cli.classifier_commands(args)  # `predict`, or `evaluate` on another dataset, then stop
 if min(args.num_examples, args.image_size) < 1 or (
         args.max_classes is not None and args.max_classes < 2):
     raise UserError("valid values: --num-examples >= 1, --image-size >= 1, --max-classes >= 2")
