@@ -26,6 +26,7 @@ the fix.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -77,6 +78,7 @@ class Scenes:
     masks: list[np.ndarray] | None = None  # per image (k, H, W) bool
     semantic: list[np.ndarray] | None = None  # per image (H, W) uint8, 0 = background
     spec: str = ""
+    visible: list[np.ndarray] | None = None  # per image (k,) float32: visible share per object
 
 
 @dataclass
@@ -283,6 +285,35 @@ def stratified_split(x, y, test_fraction: float | int, seed: int):
         return train_test_split(x, y, test_size=test_fraction, random_state=seed)
 
 
+SCENE_FIELDS = ("images", "boxes", "labels", "masks", "semantic", "visible")  # one item per image
+
+
+def split_scenes(scenes: Scenes, test_fraction: float, seed: int) -> tuple[Scenes, Scenes]:
+    """A seeded random split of the images of `scenes` into (train, test).
+
+    Every per-image field is split alike; each part keeps the images in their original order.
+    The test part gets ceil(N * test_fraction) images, and each part at least one. The same
+    (scenes, test_fraction, seed) always gives the same split, which is what lets
+    `common.export_coco` write exactly the train and test sets a recipe uses.
+    """
+    n = len(scenes.images)
+    if not 0 < test_fraction < 1:
+        raise UserError(f"test fraction {test_fraction} must be between 0 and 1 (e.g. 0.2)")
+    if n < 2:
+        raise UserError(f"{scenes.spec or 'dataset'}: cannot split {n} image(s) into train and "
+                        "test, both need at least one; add images")
+    n_test = min(max(math.ceil(n * test_fraction), 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    parts = []
+    for chosen in (np.sort(order[n_test:]), np.sort(order[:n_test])):
+        fields = {}
+        for name in SCENE_FIELDS:
+            values = getattr(scenes, name)
+            fields[name] = None if values is None else [values[i] for i in chosen]
+        parts.append(dataclasses.replace(scenes, **fields))
+    return parts[0], parts[1]
+
+
 # ---------------------------------------------------------------- the sources
 
 
@@ -301,6 +332,7 @@ def _load_synthetic(name, seed, size, num_examples, test_fraction):
             images=[s.image for s in scenes], boxes=[s.boxes for s in scenes],
             labels=[s.labels for s in scenes], class_names=list(synthetic.SHAPES),
             masks=[s.masks for s in scenes], semantic=[s.semantic for s in scenes],
+            visible=[s.visible for s in scenes],
         )
     if name == "textlines":
         images, texts = synthetic.make_textlines(num_examples or 2000, seed=seed)
@@ -474,7 +506,15 @@ def _load_segmentation_folder(root: Path) -> Scenes:
 
 
 def load_coco(annotations: Path) -> Scenes:
-    """COCO boxes and masks (polygons or RLE); category ids are mapped to 0..K-1."""
+    """COCO boxes and masks (polygons or RLE); category ids are mapped to 0..K-1.
+
+    Image files are looked up next to the JSON, in its `images/` sibling folder, and in
+    `../images`. Boxes reaching outside their image are clipped to it; boxes with no area left
+    (outside the image, zero or negative width or height) are dropped, and a note counts both.
+    Crowd annotations (iscrowd=1) are skipped. An image without annotations is a valid example
+    with no objects. A "visible" number on every annotation (the visible share of the object,
+    as `common.export_coco` writes) comes back as `Scenes.visible`.
+    """
     from pycocotools.coco import COCO
 
     if not annotations.is_file():
@@ -485,26 +525,63 @@ def load_coco(annotations: Path) -> Scenes:
         coco.createIndex()
     categories = sorted(coco.getCatIds())
     class_names = [coco.cats[c]["name"] for c in categories]
-    images, boxes, labels, masks = [], [], [], []
-    for image_id in sorted(coco.getImgIds()):
-        info = coco.imgs[image_id]
-        candidates = [annotations.parent / info["file_name"],
-                      annotations.parent / "images" / info["file_name"],
-                      annotations.parent.parent / "images" / info["file_name"]]
-        path = next((p for p in candidates if p.is_file()), candidates[0])
+    image_ids = sorted(coco.getImgIds())
+    if not image_ids:
+        raise UserError(f"{annotations} lists no images")
+    paths = _coco_image_paths(annotations, [coco.imgs[i]["file_name"] for i in image_ids])
+    images, boxes, labels, masks, visible = [], [], [], [], []
+    clipped = dropped = 0
+    for image_id, path in zip(image_ids, paths):
         image = conform(read_image(path)[None], channels=3)[0]
-        anns = [a for a in coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
-        b = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-             for a in anns]
+        height, width = image.shape[:2]
+        anns, kept_boxes = [], []
+        for ann in coco.imgToAnns[image_id]:
+            if ann.get("iscrowd", 0):
+                continue
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            box = [x, y, x + w, y + h]
+            inside = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
+                      min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]
+            if not (inside[2] > inside[0] and inside[3] > inside[1]):  # also catches NaN
+                dropped += 1
+                continue
+            clipped += inside != box
+            anns.append(ann)
+            kept_boxes.append(inside)
         images.append(image)
-        boxes.append(np.array(b, np.float32).reshape(-1, 4))
+        boxes.append(np.array(kept_boxes, np.float32).reshape(-1, 4))
         labels.append(np.array([categories.index(a["category_id"]) for a in anns], np.int64))
         has_masks = all(a.get("segmentation") for a in anns)
         masks.append(_coco_masks(coco, anns, image.shape[:2], annotations) if has_masks else None)
-    if not images:
-        raise UserError(f"{annotations} lists no images")
+        visible.append(np.array([a.get("visible", np.nan) for a in anns], np.float32))
+    if clipped or dropped:
+        print(f"note: {annotations}: clipped {clipped} boxes to their image, dropped {dropped} "
+              "boxes of zero area (outside the image, or zero/negative width or height)")
+    # visibility only when the file gives it for every object (a partial column would be noise)
+    has_visible = any(len(v) for v in visible) and not any(np.isnan(v).any() for v in visible)
     return Scenes(images, boxes, labels, class_names,
-                  masks=masks if all(m is not None for m in masks) else None)
+                  masks=masks if all(m is not None for m in masks) else None,
+                  visible=visible if has_visible else None)
+
+
+def _coco_image_paths(annotations: Path, file_names: list[str]) -> list[Path]:
+    """Where each listed image is; all are checked before any is read, so that a missing
+    folder fails at once rather than after reading thousands of images."""
+    folders = [annotations.parent, annotations.parent / "images", annotations.parent.parent /
+               "images"]
+    paths, missing = [], []
+    for name in file_names:
+        path = next((f / name for f in folders if (f / name).is_file()), None)
+        if path is None:
+            missing.append(name)
+        paths.append(path)
+    if missing:
+        searched = ", ".join(str(f) for f in folders)
+        raise UserError(
+            f"{annotations}: {len(missing)} of {len(file_names)} listed images are not on disk, "
+            f"first {missing[0]!r}; searched {searched}. Put the images next to the JSON or in "
+            "an images/ folder beside it, or remove their entries")
+    return paths
 
 
 def _read_coco_json(path: Path) -> dict:
@@ -532,6 +609,8 @@ def _coco_problem(coco) -> str | None:
     for image in coco["images"]:
         if not isinstance(image, dict) or not {"id", "file_name"} <= set(image):
             return f"image entry {str(image)[:80]} lacks 'id' or 'file_name'"
+        if image["id"] in image_ids:  # pycocotools would keep only the last of them
+            return f"image id {image['id']!r} is listed twice (second: {image['file_name']!r})"
         image_ids.add(image["id"])
     for category in coco["categories"]:
         if not isinstance(category, dict) or not {"id", "name"} <= set(category):
@@ -549,6 +628,9 @@ def _coco_problem(coco) -> str | None:
                     f"which is not in 'categories' (ids {sorted(category_ids)})")
         if ann.get("image_id") not in image_ids:
             return f"annotation {ann['id']} names image_id {ann.get('image_id')!r}, not in 'images'"
+        if "visible" in ann and not isinstance(ann["visible"], (int, float)):
+            return (f"annotation {ann['id']} has 'visible' {ann['visible']!r}; expected a number "
+                    "(the visible share of the object, 0..1)")
     return None
 
 

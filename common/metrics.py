@@ -25,3 +25,65 @@ def classification(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> 
 def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     return skm.recall_score(y_true, y_pred, labels=list(range(num_classes)), average=None,
                             zero_division=0)
+
+
+def coco_detection(gt: dict, detections: list[dict],
+                   ignore: set[int] | None = None) -> dict:
+    """COCO box metrics (pycocotools COCOeval, iouType "bbox") of `detections` on `gt`.
+
+    gt: a COCO dataset dict (as `common.export_coco.to_coco` makes). detections: one dict per
+    box, {"image_id", "category_id", "bbox": [x, y, width, height] pixels, "score"}; at most
+    100 per image count (COCO's maxDets). ignore: annotation ids that count neither as found
+    nor as missed (they become crowd regions, so detections on them are not false positives
+    either): scoring one subset of the objects at a time, e.g. the heavily occluded ones.
+
+    Returns map (AP averaged over IoU 0.5:0.95), map_50, map_75, ar_100, map_small,
+    map_medium, map_large (None where that area range has no ground truth: COCO's ranges are
+    absolute pixels, under 32x32 is small), recall_50 (recall at IoU 0.5, mean over the
+    classes that have ground truth) and per_class {name: AP, None without ground truth}.
+    No detections at all score 0.0 wherever there is ground truth to find.
+    """
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dataset = copy.deepcopy(gt)  # COCO() indexes and COCOeval annotates the dict it is given
+    ignore = ignore or set()
+    for ann in dataset["annotations"]:
+        if ann["id"] in ignore:
+            ann["iscrowd"] = 1
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        if detections:  # loadRes writes ids and areas into the dicts: give it copies
+            coco_dt = coco_gt.loadRes([dict(d) for d in detections])
+        else:  # loadRes([]) raises IndexError; an empty result set scores 0 the same way
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": dataset["images"], "annotations": [],
+                               "categories": copy.deepcopy(dataset["categories"])}
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [None if s < 0 else float(s) for s in ev.stats]  # -1: no ground truth in range
+    metrics = {name: stats[i] for name, i in (("map", 0), ("map_50", 1), ("map_75", 2),
+                                               ("ar_100", 8), ("map_small", 3),
+                                               ("map_medium", 4), ("map_large", 5))}
+    # recall [IoU thresholds, classes, area ranges, maxDets]: IoU 0.5, all areas, 100 boxes
+    recall = ev.eval["recall"][0, :, 0, -1]
+    metrics["recall_50"] = float(recall[recall > -1].mean()) if (recall > -1).any() else None
+    # precision [IoU thresholds, recall levels, classes, area ranges, maxDets]
+    precision = ev.eval["precision"][:, :, :, 0, -1]
+    names = [coco_gt.cats[c]["name"] for c in ev.params.catIds]
+    metrics["per_class"] = {}
+    for k, name in enumerate(names):
+        p = precision[:, :, k]
+        metrics["per_class"][name] = float(p[p > -1].mean()) if (p > -1).any() else None
+    return metrics

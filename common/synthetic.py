@@ -187,6 +187,7 @@ class Scene:
     labels: np.ndarray  # (k,) int64, class ids from 0
     masks: np.ndarray  # (k, H, W) bool, visible part of each instance
     semantic: np.ndarray  # (H, W) uint8, 0 = background, class id + 1 elsewhere
+    visible: np.ndarray  # (k,) float32, visible share of each object (1 = not occluded)
 
 
 def make_scene(
@@ -212,7 +213,7 @@ def make_scene(
         image = image * (1 - alpha[..., None]) + fg * alpha[..., None]
         owner[alpha > 0.5] = k
         objects.append((label, int((alpha > 0.5).sum())))
-    boxes, labels, masks = [], [], []
+    boxes, labels, masks, visible = [], [], [], []
     for k, (label, full_area) in enumerate(objects):
         mask = owner == k
         if full_area == 0 or mask.sum() < min_visible * full_area:
@@ -221,6 +222,7 @@ def make_scene(
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
         labels.append(label)
         masks.append(mask)
+        visible.append(mask.sum() / full_area)  # pixels left visible by the shapes drawn later
     semantic = np.zeros((image_size, image_size), np.uint8)
     for label, mask in zip(labels, masks):
         semantic[mask] = label + 1
@@ -231,6 +233,7 @@ def make_scene(
         labels=np.array(labels, np.int64),
         masks=np.array(masks, bool).reshape(-1, image_size, image_size),
         semantic=semantic,
+        visible=np.array(visible, np.float32),
     )
 
 
