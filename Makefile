@@ -3,7 +3,7 @@ PY := .venv/bin/python
 RECIPES := feature_extraction backprop transfer_learning embeddings augmentation imbalance
 ARGS ?=
 
-.PHONY: install test lint notebooks bench clean pretrain $(RECIPES)
+.PHONY: install test lint notebooks bench bench-yolo-env clean pretrain $(RECIPES)
 
 install: .venv/.installed
 
@@ -36,6 +36,16 @@ notebooks: install
 # Benchmarks (not tests): speed and quality side by side, written to bench/out/.
 bench: install
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# Ultralytics + torch for the YOLOv8n baseline of bench/bench_detection.py: a venv of its own,
+# never in requirements.txt (PyPI's torch wheels bring the CUDA runtime: ~6 GB, CPU or not).
+bench-yolo-env: bench/.venv-yolo/.installed
+
+bench/.venv-yolo/.installed: bench/requirements-ultralytics.txt
+	python3 -m venv bench/.venv-yolo
+	bench/.venv-yolo/bin/pip install -q --upgrade pip
+	bench/.venv-yolo/bin/pip install -q -r bench/requirements-ultralytics.txt
+	touch $@
 
 $(RECIPES): install
 	$(PY) -m recipes.$@ $(ARGS)

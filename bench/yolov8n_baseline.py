@@ -1,0 +1,249 @@
+"""Ultralytics YOLOv8n trained from scratch on a COCO export, the baseline of bench_detection.py.
+
+Runs inside its own venv (`make bench-yolo-env`), not the project's:
+
+    bench/.venv-yolo/bin/python bench/yolov8n_baseline.py \\
+        --train-json bench/out/detection_coco/train.json \\
+        --test-json bench/out/detection_coco/test.json \\
+        --out bench/out/detection_yolov8n --minutes 10 --imgsz 128 --seed 0
+
+It converts the COCO files to the YOLO layout (OUT/yolo/images|labels/{train,test}, one
+`class cx cy w h` line per box, normalised), trains YOLO("yolov8n.yaml") from random weights
+for a wall-clock budget (Ultralytics' `time=`, which also fits the learning-rate schedule to
+the epochs that fit), predicts the test images with COCO-style settings (conf 0.001, IoU 0.7,
+100 boxes) and writes:
+
+    OUT/detections.json   COCO results: image_id / category_id of test.json, bbox [x, y, w, h]
+    OUT/baseline.json     wall and CPU seconds, epochs, threads, versions, network attempts
+
+Scoring is left to the caller (common.metrics.coco_detection in the project's venv), so both
+detectors are scored by the same code. Nothing is downloaded: no pretrained weights, no AMP
+check model, no plots, a local stand-in for the Arial.ttf that Ultralytics fetches when it
+checks a dataset, YOLO_OFFLINE set, and a socket guard that refuses and records every
+connection to another host (baseline.json lists them; none in our runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+NETWORK_ATTEMPTS: list[str] = []
+
+
+def guard_network() -> None:
+    """Refuse (and record) every connection or name lookup except to this machine.
+
+    The benchmark must not depend on what Ultralytics would fetch when online; a refused
+    attempt shows up in baseline.json instead of silently changing the run.
+    """
+    local = {"localhost", "127.0.0.1", "::1", "", None}
+
+    def record(what):
+        # The Ultralytics callers say which feature wanted the network
+        frames = [f for f in traceback.extract_stack()[:-2] if "/ultralytics/" in f.filename]
+        chain = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                            for f in reversed(frames[-3:]))
+        NETWORK_ATTEMPTS.append(f"{what} ({chain})" if chain else what)
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in local:
+            record(f"lookup {host}")
+            raise socket.gaierror(socket.EAI_NONAME, "network disabled by yolov8n_baseline.py")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in local:
+            record(f"connect {address}")
+            raise OSError("network disabled by yolov8n_baseline.py")
+        return real_connect(self, address)
+
+    socket.getaddrinfo = getaddrinfo
+    socket.socket.connect = connect
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    own, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                     resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def image_path(annotations: Path, file_name: str) -> Path:
+    """An image of a COCO file: relative to the JSON's folder, or in its images/ sibling."""
+    for path in (annotations.parent / file_name, annotations.parent / "images" / file_name):
+        if path.exists():
+            return path
+    raise SystemExit(f"error: {file_name} of {annotations} is neither beside it nor in images/")
+
+
+def coco_to_yolo(annotations: Path, root: Path, split: str, category_ids: list[int]) -> dict:
+    """Link the images into root/images/split and write root/labels/split/NAME.txt.
+
+    YOLO class k is the k-th category id in sorted order. Returns {image path: COCO image id}.
+    """
+    coco = json.loads(annotations.read_text())
+    klass = {cid: k for k, cid in enumerate(category_ids)}
+    boxes: dict[int, list[str]] = {image["id"]: [] for image in coco["images"]}
+    for ann in coco["annotations"]:
+        if ann.get("iscrowd"):
+            continue
+        boxes[ann["image_id"]].append(ann)
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    ids = {}
+    for image in coco["images"]:
+        source = image_path(annotations, image["file_name"]).resolve()
+        # One flat folder per split: COCO file names may hold subfolders
+        name = f"{image['id']:07d}{source.suffix}"
+        target = root / "images" / split / name
+        if not target.exists():
+            try:
+                target.symlink_to(source)
+            except OSError:  # file systems without symlinks
+                shutil.copyfile(source, target)
+        width, height = image["width"], image["height"]
+        lines = []
+        for ann in boxes[image["id"]]:
+            x, y, w, h = ann["bbox"]
+            if w <= 0 or h <= 0:
+                continue
+            lines.append(f"{klass[ann['category_id']]} {(x + w / 2) / width:.6f} "
+                         f"{(y + h / 2) / height:.6f} {w / width:.6f} {h / height:.6f}")
+        (root / "labels" / split / f"{Path(name).stem}.txt").write_text(
+            "".join(line + "\n" for line in lines))
+        ids[str(target)] = image["id"]
+    return ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-json", type=Path, required=True)
+    parser.add_argument("--test-json", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, required=True,
+                        help="wall-clock training budget (Ultralytics time=)")
+    parser.add_argument("--imgsz", type=int, default=128, help="training/inference size (x32)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch CPU threads (default: every core, as TensorFlow uses; "
+                             "Ultralytics alone would take cores - 1)")
+    args = parser.parse_args()
+
+    start_wall, start_cpu = time.perf_counter(), cpu_seconds()
+    out = args.out.resolve()
+    for stale in ("yolo", "train"):  # an old run or label cache would mix with this one
+        shutil.rmtree(out / stale, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # Set before torch and ultralytics are imported: `import ultralytics` sets OMP_NUM_THREADS=1
+    # when it is unset, and keeps its settings file in the user's home otherwise.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ["YOLO_CONFIG_DIR"] = str(out / "ultralytics_config")
+    os.environ["YOLO_OFFLINE"] = "1"  # no online checks (DNS lookups, pip update check)
+    os.environ["YOLO_AUTOINSTALL"] = "0"  # never pip-install a missing requirement
+    guard_network()
+
+    import torch
+    import ultralytics
+    from ultralytics import YOLO, settings
+
+    # No analytics, no experiment-tracker callbacks, and every folder it would write under OUT
+    # (its defaults are ./weights and ./runs of the working directory)
+    wanted = {"sync": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False,
+              "neptune": False, "raytune": False, "tensorboard": False, "wandb": False,
+              "vscode_msg": False, "openvino_msg": False, "datasets_dir": str(out / "datasets"),
+              "weights_dir": str(out / "weights"), "runs_dir": str(out / "runs")}
+    settings.update({k: v for k, v in wanted.items() if k in settings})
+    # select_device() sets torch's threads to NUM_THREADS = cores - 1 (one thread on a 2-core
+    # machine); TensorFlow uses every core, so give both detectors the same
+    from ultralytics.utils import torch_utils
+
+    torch_utils.NUM_THREADS = args.threads
+    torch.set_num_threads(args.threads)
+    # Checking a dataset always looks for Arial.ttf (for plots) and downloads it when it is
+    # missing; plots are off, so any TrueType font where it looks stops that download
+    import matplotlib
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    if not (USER_CONFIG_DIR / "Arial.ttf").exists():
+        shutil.copyfile(font, USER_CONFIG_DIR / "Arial.ttf")
+
+    categories = sorted(c["id"] for c in json.loads(args.train_json.read_text())["categories"])
+    names = {c["id"]: c["name"] for c in json.loads(args.train_json.read_text())["categories"]}
+    test_categories = sorted(c["id"] for c in json.loads(args.test_json.read_text())["categories"])
+    if test_categories != categories:
+        raise SystemExit(f"error: train categories {categories} != test {test_categories}")
+    root = out / "yolo"
+    train_ids = coco_to_yolo(args.train_json.resolve(), root, "train", categories)
+    test_ids = coco_to_yolo(args.test_json.resolve(), root, "test", categories)
+    data_yaml = out / "data.yaml"
+    # JSON is YAML; absolute paths, so Ultralytics' datasets_dir setting plays no part
+    data_yaml.write_text(json.dumps({
+        "path": str(root), "train": "images/train", "val": "images/test",
+        "names": {k: names[cid] for k, cid in enumerate(categories)}}, indent=2) + "\n")
+    prepared = time.perf_counter()
+
+    model = YOLO("yolov8n.yaml")  # architecture only: random weights
+    model.train(data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, epochs=1000,
+                time=args.minutes / 60, pretrained=False, device="cpu", workers=0,
+                amp=False, plots=False, val=False, cache="disk", seed=args.seed,
+                deterministic=True, project=str(out), name="train", exist_ok=True,
+                verbose=False)
+    trainer = model.trainer
+    trained = time.perf_counter()
+    # last.pt (the EMA weights at the end), not best.pt: with val=False nothing was selected,
+    # and selecting on the test images would flatter the baseline
+    last = Path(trainer.last)
+    model = YOLO(str(last))
+
+    detections = []
+    paths = sorted(test_ids)
+    for result in model.predict(paths, imgsz=args.imgsz, conf=0.001, iou=0.7, max_det=100,
+                                device="cpu", stream=True, verbose=False):
+        image_id = test_ids[str(Path(result.path))]
+        xyxy = result.boxes.xyxy.tolist()
+        for (x1, y1, x2, y2), k, score in zip(xyxy, result.boxes.cls.tolist(),
+                                               result.boxes.conf.tolist()):
+            detections.append({"image_id": image_id, "category_id": categories[int(k)],
+                               "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2),
+                                        round(y2 - y1, 2)],
+                               "score": round(score, 5)})
+    (out / "detections.json").write_text(json.dumps(detections))
+    end = time.perf_counter()
+
+    record = {
+        "model": "yolov8n.yaml (from scratch)",
+        "imgsz": args.imgsz, "batch": args.batch, "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "budget_minutes": args.minutes,
+        "epochs_done": int(trainer.epoch) + 1,
+        "epochs_planned": int(trainer.epochs),
+        "train_images": len(train_ids),
+        "test_images": len(paths), "detections": len(detections),
+        # Ultralytics' own mAP of the final epoch on the test images (its matching, not COCO's)
+        "ultralytics_val": {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()},
+        "seconds": round(end - start_wall, 1),
+        "train_seconds": round(trained - prepared, 1),
+        "cpu_seconds": round(cpu_seconds() - start_cpu, 1),
+        "network_attempts": NETWORK_ATTEMPTS,
+        "versions": {"ultralytics": ultralytics.__version__, "torch": torch.__version__,
+                     "python": sys.version.split()[0]},
+    }
+    (out / "baseline.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
