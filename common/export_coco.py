@@ -5,7 +5,7 @@ The detection recipe trains and tests on `synthetic:scenes`, split with
 detectors (bench/, Ultralytics, Detectron2, MMDetection, torchvision, ...) train and test on
 exactly the images and boxes the recipe used, and their numbers can sit beside the recipe's:
 
-    python -m common.export_coco runs/scenes_coco --num-examples 500 --image-size 64 --seed 0
+    python -m common.export_coco runs/scenes_coco --num-examples 1000 --image-size 64 --seed 0
 
 gives the split that `python -m recipes.detection` makes with the same flags (same seed, size,
 number of scenes and test fraction = same images in train and test):
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         description="Write the detection recipe's synthetic:scenes train/test split as COCO JSON "
                     "+ PNG images (the same flags as the recipe give the same split).")
     parser.add_argument("out_dir", type=Path, help="folder for train.json, test.json, images/")
-    parser.add_argument("--num-examples", type=int, default=500, help="scenes in all")
+    parser.add_argument("--num-examples", type=int, default=1000,
+                        help="scenes in all (the detection recipe's --num-scenes)")
     parser.add_argument("--image-size", type=int, default=64, help="pixels per side")
     parser.add_argument("--seed", type=int, default=0, help="generates the scenes and the split")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of test images")
