@@ -19,7 +19,7 @@ COCO_KEYS = {"map", "map_50", "map_75", "ar_100", "map_small", "map_medium", "ma
 @pytest.fixture(scope="module")
 def yolo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("detection") / "yolo"
-    return out, smoke("detection", out)
+    return out, smoke("detection", out, "--occlusion", "compare")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_yolo_smoke_reports_coco_metrics_occlusion_buckets_and_plots(yolo_run):
     buckets = m["occlusion"]
     assert set(buckets) <= {"0", "<25", "25-50", ">50"} and "0" in buckets
     assert all(0 <= b["recall"] <= 1 and b["objects"] > 0 for b in buckets.values())
-    assert set(m["occlusion_study"]) == {"none", "erase"}  # the default compares both
+    assert set(m["occlusion_study"]) == {"none", "erase"}  # --occlusion compare trains both
     assert m["occlusion_augmentation"] in ("none", "erase")
     log = (out / "none_log.csv").read_text().splitlines()
     losses = [float(r.split(",")[log[0].split(",").index("loss")]) for r in log[1:]]
