@@ -393,6 +393,51 @@ def _load_tfds(name, num_examples, size):
     return Classification(*arrays[0], *arrays[1], list(names))
 
 
+def load_tfds_scenes(name: str, num_examples: int | None = None) -> tuple[Scenes, Scenes]:
+    """A TFDS detection dataset with `objects/bbox` + `objects/label` (e.g. voc/2007) as
+    (train, test) Scenes, boxes in pixels; the local cache first, a download only when online."""
+    import tensorflow_datasets as tfds
+
+    splits = ["train+validation", "test"] if name.startswith("voc") else ["train", "test"]
+
+    def read(download):
+        return tfds.load(name, split=splits, with_info=True, download=download)
+
+    try:
+        parts, info = read(download=False)
+    except tfds.core.registered.DatasetNotFoundError as err:
+        hint = next((line for line in str(err).splitlines() if "Did you mean" in line), "")
+        raise UserError(f"tfds:{name} is not a TensorFlow Datasets name. {hint}") from None
+    except (AssertionError, FileNotFoundError, OSError):
+        if not is_online():
+            raise UserError(
+                f"tfds:{name} is not in the local TFDS cache and needs a download, but there is "
+                "no network; offline alternatives: synthetic:scenes, or coco:FILE.json (e.g. "
+                "written by `python -m common.export_coco DIR`)") from None
+        parts, info = read(download=True)
+    if "objects" not in info.features or "bbox" not in info.features["objects"]:
+        raise UserError(f"tfds:{name} has no objects/bbox feature: not a detection dataset")
+    names = list(info.features["objects"]["label"].names)
+    scenes, dropped = [], 0
+    for ds in parts:
+        images, boxes, labels = [], [], []
+        for example in tfds.as_numpy(ds.take(num_examples) if num_examples else ds):
+            h, w = example["image"].shape[:2]
+            yxyx = np.asarray(example["objects"]["bbox"], np.float32).reshape(-1, 4)  # 0..1
+            label = np.asarray(example["objects"]["label"], np.int64)
+            k = min(len(yxyx), len(label))  # equal in real data; TFDS' mock data draws both
+            xyxy = np.clip(yxyx[:k, [1, 0, 3, 2]], 0, 1) * np.array([w, h, w, h], np.float32)
+            valid = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+            dropped += int((~valid).sum())
+            images.append(conform(example["image"][None], channels=3)[0])
+            boxes.append(xyxy[valid])
+            labels.append(label[:k][valid])
+        scenes.append(Scenes(images, boxes, labels, names, spec=f"tfds:{name}"))
+    if dropped:
+        print(f"note: tfds:{name}: dropped {dropped} boxes of zero area")
+    return scenes[0], scenes[1]
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """One image file as uint8 (H, W, C); a missing, corrupt or oversized file raises UserError.
 

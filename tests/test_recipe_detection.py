@@ -113,3 +113,18 @@ def test_offline_voc_names_the_alternatives(tmp_path):
     done = run_recipe("detection", "--dataset", "tfds:voc/2007", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "offline" in done.stderr and "coco:" in done.stderr
 
+
+
+def test_tfds_detection_datasets_load_through_the_real_code_with_mocked_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):  # random VOC-shaped records, no download
+        train, test = data.load_tfds_scenes("voc/2007")
+    assert len(train.images) == len(test.images) == 6 and len(train.class_names) == 20
+    for image, boxes, labels in zip(train.images, train.boxes, train.labels):
+        h, w = image.shape[:2]
+        assert image.shape[2] == 3 and len(boxes) == len(labels)
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= w).all()
+        assert (boxes[:, [1, 3]] <= h).all()
+        assert ((0 <= labels) & (labels < 20)).all()

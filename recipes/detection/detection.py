@@ -164,32 +164,10 @@ def to_model_input(scenes, size):
 # when online.
 
 # %%
-def load_tfds_voc(name):
-    if not data.is_online():
-        raise UserError(f"tfds:{name} needs a download and this machine is offline; offline "
-                        "alternatives: synthetic:scenes, or coco:FILE.json (export any dataset to "
-                        "COCO format, e.g. `python -m common.export_coco DIR`)")
-    import tensorflow_datasets as tfds
-
-    parts = []
-    for split in ("train+validation", "test"):
-        ds, info = tfds.load(name, split=split, with_info=True)
-        images, boxes, labels = [], [], []
-        for example in ds.as_numpy_iterator():
-            h, w = example["image"].shape[:2]
-            yxyx = example["objects"]["bbox"]  # normalised [ymin, xmin, ymax, xmax]
-            images.append(example["image"])
-            boxes.append((yxyx[:, [1, 0, 3, 2]] * [w, h, w, h]).astype(np.float32))
-            labels.append(example["objects"]["label"].astype(np.int64))
-        parts.append(data.Scenes(images, boxes, labels,
-                                 info.features["objects"]["label"].names, spec=f"tfds:{name}"))
-    return parts
-
-
 def load_splits():
     kind, _, value = args.dataset.partition(":")
-    if kind == "tfds" and args.command == "train":
-        train, test = load_tfds_voc(value)
+    if kind == "tfds":
+        train, test = data.load_tfds_scenes(value, args.num_scenes if args.smoke else None)
     else:
         size = 64 if args.dataset == "synthetic:scenes" else None
         everything = data.require(data.load(args.dataset, seed=args.seed, image_size=size,
@@ -376,6 +354,8 @@ def load_detector(path):
 
 
 if args.command == "predict":
+    if not 0 <= args.score_threshold <= 1:
+        raise UserError(f"--score-threshold {args.score_threshold}: use a score from 0 to 1")
     model, class_names, size = load_detector(args.model)
     images = [data.conform(data.read_image(f)[None], channels=3)[0] for f in args.files]
     canvases = [letterbox(image, size) for image in images]
@@ -399,10 +379,13 @@ if args.command == "predict":
 if args.command == "evaluate":
     model, class_names, size = load_detector(args.model)
     synthetic_scenes = args.dataset == "synthetic:scenes"  # 200 fresh scenes, never trained on
-    scenes = data.require(data.load(args.dataset, seed=args.seed + 12_345 * synthetic_scenes,
-                                    image_size=64 if synthetic_scenes else None,
-                                    num_examples=200 if synthetic_scenes else None),
-                          data.Scenes, args.dataset)
+    if args.dataset.startswith("tfds:"):
+        scenes = data.load_tfds_scenes(args.dataset.partition(":")[2])[1]  # the test split
+    else:
+        scenes = data.require(data.load(args.dataset, seed=args.seed + 12_345 * synthetic_scenes,
+                                        image_size=64 if synthetic_scenes else None,
+                                        num_examples=200 if synthetic_scenes else None),
+                              data.Scenes, args.dataset)
     if scenes.class_names != class_names:
         raise UserError(f"{args.dataset} names its classes {scenes.class_names[:5]}..., the model "
                         f"{class_names[:5]}...: evaluate on a dataset of the model's classes")
@@ -425,6 +408,8 @@ if args.command == "evaluate":
 # the image (boxes unchanged: the object is still there, just partly hidden).
 
 # %%
+if args.command == "train" and (args.num_scenes < 20 or args.patience < 1 or args.lr <= 0):
+    raise UserError("--num-scenes must be at least 20, --patience at least 1 and --lr positive")
 if args.smoke:
     args.epochs, args.patience, args.num_scenes = 2, 2, 80
 train, val, test = load_splits()
