@@ -51,8 +51,11 @@ def run(command: list[str], log: Path) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log, "w") as f:
+        # idle OpenMP threads sleep instead of spinning: on a shared machine torch's spinning
+        # threads burn CPU seconds (the baseline's budget clock) without training
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+                                   stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
         for line in process.stdout:
             sys.stdout.write(line)
             f.write(line)

@@ -284,8 +284,13 @@ def compile_detector(model, kind, lr, total_steps):
 # (AP@[.5:.95], AP@.5, AP@.75, AR@100, AP by object size, per-class AP).
 
 # %%
-def detect(model, x, scales, shapes, batch_size=32):
-    out_ = model.predict(x.astype("float32"), batch_size=batch_size, verbose=0)
+def detect(model, x, scales, shapes, batch_size=16):
+    # always batches of 16 (the last one padded): keras-hub's NMS needs a static batch size,
+    # and a second batch size would make TensorFlow retrace with the batch size unknown
+    padded = np.concatenate([x, np.zeros((-len(x) % batch_size, *x.shape[1:]), x.dtype)])
+    batches = tf.data.Dataset.from_tensor_slices(padded).batch(batch_size, drop_remainder=True)
+    batches = batches.map(lambda images: tf.cast(images, "float32"))
+    out_ = {k: np.asarray(v)[: len(x)] for k, v in model.predict(batches, verbose=0).items()}
     labels = out_["classes"] if "classes" in out_ else out_["labels"]
     found = []
     for i, n in enumerate(out_["num_detections"]):
