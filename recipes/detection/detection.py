@@ -103,9 +103,6 @@ import keras_hub
 import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
-from keras_hub.src.models.retinanet.retinanet_label_encoder import (
-    RetinaNetLabelEncoder,  # not exported
-)
 from PIL import Image
 
 from common import callbacks, data, export_coco, metrics, pipeline, plots, results, saving
@@ -245,14 +242,9 @@ def build_detector(kind, num_classes, size, weights):
     anchors = keras_hub.layers.AnchorGenerator(
         bounding_box_format="xyxy", min_level=3, max_level=5, num_scales=3,
         aspect_ratios=[0.5, 1.0, 2.0], anchor_size=2 * size / 128)
-    # every object gets at least its best-overlapping anchor as a positive, even below the
-    # 0.5 IoU threshold: small objects between anchor sizes would otherwise get none
-    label_encoder = RetinaNetLabelEncoder(anchors, bounding_box_format="xyxy",
-                                          encoding_format="center_xywh",
-                                          box_matcher_force_match_for_each_col=True)
     model = keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=num_classes, bounding_box_format="xyxy",
-        anchor_generator=anchors, label_encoder=label_encoder, pre_logits_num_conv_layers=2,
+        anchor_generator=anchors, pre_logits_num_conv_layers=2,
         prediction_decoder=keras_hub.layers.NonMaxSuppression(
             bounding_box_format="xyxy", from_logits=True, confidence_threshold=0.01,
             iou_threshold=0.6, max_detections=100))
