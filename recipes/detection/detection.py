@@ -109,7 +109,6 @@ from common import callbacks, data, export_coco, metrics, pipeline, plots, resul
 from common.detectors import GenericPyramidEncoder, GenericYoloBackbone
 
 out = Path(args.out)
-JIT = bool(int(os.environ.get("JIT", "0")))
 MAX_BOXES = 100  # at most this many objects per image are trained on (COCO's own cap)
 BUCKETS = {"0": (0.0, 0.0), "<25": (0.0, 0.25), "25-50": (0.25, 0.5), ">50": (0.5, 1.0)}
 
@@ -269,11 +268,12 @@ def compile_detector(model, kind, lr, total_steps):
     # Adam without weight decay: AdamW's per-variable decay added about 20 s (a third) to
     # tracing the training step on a 2-core CPU (cProfile)
     optimizer = keras.optimizers.Adam(schedule, global_clipnorm=10.0)
+    # no XLA: on a 2-core CPU it made the first (tracing) epoch 2.4x longer (161 s vs 68 s)
     if kind == "yolov8":
         model.compile(optimizer=optimizer, classification_loss="binary_crossentropy",
-                      box_loss="ciou", jit_compile=JIT)
+                      box_loss="ciou", jit_compile=False)
     else:
-        model.compile(optimizer=optimizer, jit_compile=JIT)
+        model.compile(optimizer=optimizer, jit_compile=False)
 
 
 # %% [markdown]
@@ -476,6 +476,7 @@ class ValidationMap(keras.callbacks.Callback):
         super().__init__()
         self.weights = finished.directory / f"{name}_best.weights.h5"
         self.state_file = finished.directory / f"{name}_best.json"
+        self.gt = export_coco.to_coco(val)  # the validation ground truth, built once
 
     def on_train_begin(self, logs=None):
         self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {
@@ -483,7 +484,7 @@ class ValidationMap(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         found = detect(self.model, x_val, val_scales, [i.shape[:2] for i in val.images])
-        value = metrics.coco_detection(export_coco.to_coco(val), detections_json(found))["map"]
+        value = metrics.coco_detection(self.gt, detections_json(found))["map"]
         self.state["history"].append(value)
         if value > self.state["best"]:
             self.state.update(best=value, epoch=epoch)
