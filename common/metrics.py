@@ -28,8 +28,11 @@ def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def coco_detection(gt: dict, detections: list[dict],
-                   ignore: set[int] | None = None) -> dict:
-    """COCO box metrics (pycocotools COCOeval, iouType "bbox") of `detections` on `gt`.
+                   ignore: set[int] | None = None, iou_type: str = "bbox") -> dict:
+    """COCO box (or mask) metrics (pycocotools COCOeval) of `detections` on `gt`.
+
+    iou_type "bbox" matches boxes; "segm" matches masks: then every detection also carries
+    "segmentation" (a COCO RLE of the image's size) and every annotation of `gt` one too.
 
     gt: a COCO dataset dict (as `common.export_coco.to_coco` makes). detections: one dict per
     box, {"image_id", "category_id", "bbox": [x, y, width, height] pixels, "score"}; at most
@@ -68,7 +71,7 @@ def coco_detection(gt: dict, detections: list[dict],
             coco_dt.dataset = {"images": dataset["images"], "annotations": [],
                                "categories": copy.deepcopy(dataset["categories"])}
             coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
