@@ -263,8 +263,10 @@ def feature_maps(detector):
     return keras.Model(images, maps[: len(STRIDES)], name="mask_features")
 
 
-def detect(detector, x, scales, shapes, batch_size=16):
-    """(boxes in the image's pixels, scores, classes) per image, scores >= MIN_SCORE."""
+def detect(detector, x, scales, shapes, batch_size=16, min_score=None):
+    """(boxes in the image's pixels, scores, classes) per image, scores >= `min_score`
+    (default MIN_SCORE)."""
+    min_score = MIN_SCORE if min_score is None else min_score
     # fixed batches (the last one padded): one trace of the prediction function
     padded = np.concatenate([x, np.zeros((-len(x) % batch_size, *x.shape[1:]), x.dtype)])
     batches = tf.data.Dataset.from_tensor_slices(padded).batch(batch_size, drop_remainder=True)
@@ -275,7 +277,7 @@ def detect(detector, x, scales, shapes, batch_size=16):
         h, w = shapes[i]
         boxes = np.clip(raw["boxes"][i, :n] / scales[i], 0, [w, h, w, h])
         scores, classes = raw["confidence"][i, :n], raw["classes"][i, :n]
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (scores >= MIN_SCORE)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (scores >= min_score)
         found.append((boxes[keep], scores[keep], classes[keep].astype(int)))
     return found
 
@@ -530,9 +532,8 @@ if args.command == "predict":
     images = [data.conform(data.read_image(f)[None], channels=3)[0] for f in args.files]
     canvases = [letterbox(image, size) for image in images]
     x, scales = np.stack([c for c, _ in canvases]), np.array([s for _, s in canvases])
-    found = with_shapes(detect(detector, x, scales, [i.shape[:2] for i in images]), images)
-    found = [(b[s >= args.score_threshold], s[s >= args.score_threshold],
-              c[s >= args.score_threshold], shape) for b, s, c, shape in found]
+    found = with_shapes(detect(detector, x, scales, [i.shape[:2] for i in images],
+                               min_score=args.score_threshold), images)
     masks = segment(features, head, x, scales, found)
     for path, image, (boxes, scores, classes, _), image_masks in zip(args.files, images, found,
                                                                      masks):
