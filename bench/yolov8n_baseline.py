@@ -1,4 +1,5 @@
-"""Ultralytics YOLOv8n trained from scratch on a COCO export, the baseline of bench_detection.py.
+"""Ultralytics YOLOv8n trained from scratch on a COCO export, the baseline of bench_detection.py
+(boxes) and, with `--task segment` (YOLOv8n-seg), of bench_instance_segmentation.py (masks).
 
 Runs inside its own venv (`make bench-yolo-env`), not the project's:
 
@@ -17,6 +18,12 @@ multi-label, here at most 100 boxes) and writes:
     OUT/detections.json          COCO results: image_id / category_id of test.json, [x, y, w, h]
     OUT/detections_predict.json  the same from model.predict (one class per box)
     OUT/baseline.json            wall and CPU seconds, epochs, threads, versions, network attempts
+
+With `--task segment` the labels are polygons (`class x1 y1 x2 y2 ...`, normalised): each
+COCO mask (RLE or polygons) is drawn at 4x, traced with cv2.findContours (outer outlines and
+holes), and its pieces joined into one polygon with Ultralytics' own merge_multi_segment (as
+its COCO converter does); detections.json then also holds each object's RLE mask of the
+original image size (Ultralytics' validator), and detections_predict.json is not written.
 
 Scoring is left to the caller (common.metrics.coco_detection in the project's venv), so both
 detectors are scored by the same code. Nothing is downloaded: no pretrained weights, no AMP
@@ -107,8 +114,60 @@ def image_path(annotations: Path, file_name: str) -> Path:
     raise SystemExit(f"error: {file_name} of {annotations} is neither beside it nor in images/")
 
 
-def coco_to_yolo(annotations: Path, root: Path, split: str, category_ids: list[int]) -> dict:
-    """Link the images into root/images/split and write root/labels/split/NAME.txt.
+def rle_to_mask(rle: dict):
+    """A COCO RLE (compressed string or list of counts) as an (H, W) uint8 array; pycocotools'
+    rleFrString + decode, written out because this venv has no pycocotools."""
+    import numpy as np
+
+    height, width = rle["size"]
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        text, counts, p = counts, [], 0
+        while p < len(text):
+            x, k, more = 0, 0, True
+            while more:
+                c = ord(text[p]) - 48
+                x |= (c & 0x1F) << (5 * k)
+                more = bool(c & 0x20)
+                p, k = p + 1, k + 1
+                if not more and c & 0x10:
+                    x |= -1 << (5 * k)
+            if len(counts) > 2:
+                x += counts[-2]
+            counts.append(x)
+    flat = np.zeros(height * width, np.uint8)
+    position = 0
+    for k, run in enumerate(counts):
+        flat[position: position + run] = k % 2
+        position += run
+    return flat.reshape(width, height).T  # COCO runs go down the columns
+
+
+def mask_polygon(segmentation, width: int, height: int) -> list[float]:
+    """One polygon (x1, y1, x2, y2, ... normalised) for a COCO segmentation (RLE or polygons)."""
+    import cv2
+    import numpy as np
+    from ultralytics.data.converter import merge_multi_segment
+
+    if isinstance(segmentation, dict):
+        up = 4  # contours through pixel centres of a 4x mask: within 1/8 pixel of the edges
+        mask = rle_to_mask(segmentation).repeat(up, 0).repeat(up, 1)
+        contours, _ = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        pieces = [(c.reshape(-1, 2) + 0.5) / up for c in contours if len(c) >= 3]
+    else:
+        pieces = [np.array(p, float).reshape(-1, 2) for p in segmentation if len(p) >= 6]
+    if not pieces:
+        return []
+    if len(pieces) > 1:
+        pieces = merge_multi_segment([p.reshape(-1).tolist() for p in pieces])
+    points = np.concatenate(pieces).reshape(-1, 2) / [width, height]
+    return np.clip(points, 0, 1).reshape(-1).tolist()
+
+
+def coco_to_yolo(annotations: Path, root: Path, split: str, category_ids: list[int],
+                 segments: bool = False) -> dict:
+    """Link the images into root/images/split and write root/labels/split/NAME.txt: boxes, or
+    with `segments` polygons.
 
     YOLO class k is the k-th category id in sorted order. Returns {image path: COCO image id}.
     """
@@ -138,6 +197,12 @@ def coco_to_yolo(annotations: Path, root: Path, split: str, category_ids: list[i
             x, y, w, h = ann["bbox"]
             if w <= 0 or h <= 0:
                 continue
+            if segments:
+                polygon = mask_polygon(ann["segmentation"], width, height)
+                if len(polygon) >= 6:
+                    lines.append(f"{klass[ann['category_id']]} "
+                                 + " ".join(f"{v:.6f}" for v in polygon))
+                continue
             lines.append(f"{klass[ann['category_id']]} {(x + w / 2) / width:.6f} "
                          f"{(y + h / 2) / height:.6f} {w / width:.6f} {h / height:.6f}")
         (root / "labels" / split / f"{Path(name).stem}.txt").write_text(
@@ -159,6 +224,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="what --minutes counts: cpu = CPU seconds / threads (a fair share on "
                              "a busy machine), wall = wall-clock time (Ultralytics' own)")
+    parser.add_argument("--task", choices=["detect", "segment"], default="detect",
+                        help="detect: YOLOv8n on boxes | segment: YOLOv8n-seg on polygons")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch CPU threads (default: every core, as TensorFlow uses; "
                              "Ultralytics alone would take cores - 1)")
@@ -218,8 +285,9 @@ def main() -> None:
     if test_categories != categories:
         raise SystemExit(f"error: train categories {categories} != test {test_categories}")
     root = out / "yolo"
-    train_ids = coco_to_yolo(args.train_json.resolve(), root, "train", categories)
-    test_ids = coco_to_yolo(args.test_json.resolve(), root, "test", categories)
+    segment = args.task == "segment"
+    train_ids = coco_to_yolo(args.train_json.resolve(), root, "train", categories, segment)
+    test_ids = coco_to_yolo(args.test_json.resolve(), root, "test", categories, segment)
     data_yaml = out / "data.yaml"
     # JSON is YAML; absolute paths, so Ultralytics' datasets_dir setting plays no part
     data_yaml.write_text(json.dumps({
@@ -235,7 +303,8 @@ def main() -> None:
     # iterations, so this is auto's own choice for a run of that length, set explicitly.
     optimizer = {"optimizer": "AdamW", "lr0": round(0.002 * 5 / (4 + len(categories)), 6),
                  "momentum": 0.9, "warmup_bias_lr": 0.0}
-    model = YOLO("yolov8n.yaml")  # architecture only: random weights
+    architecture = "yolov8n-seg.yaml" if segment else "yolov8n.yaml"
+    model = YOLO(architecture)  # architecture only: random weights
     iterations = []  # CPU seconds at the end of each training iteration
     model.add_callback("on_train_batch_end", lambda trainer: iterations.append(cpu_seconds()))
     model.train(data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, epochs=1000,
@@ -264,13 +333,17 @@ def main() -> None:
         detections.append({"image_id": d["image_id"],
                            "category_id": categories[d["category_id"] - 1],
                            "bbox": d["bbox"], "score": d["score"]})
+        if segment:  # an RLE of the original image's size
+            detections[-1]["segmentation"] = d["segmentation"]
     (out / "detections.json").write_text(json.dumps(detections))
 
     # What a user of model.predict gets with the same thresholds: one class per box
     single = []
     paths = sorted(test_ids)
-    for result in model.predict(paths, imgsz=args.imgsz, conf=0.001, iou=0.7, max_det=100,
-                                device="cpu", stream=True, verbose=False):
+    predicted = [] if segment else model.predict(paths, imgsz=args.imgsz, conf=0.001, iou=0.7,
+                                                 max_det=100, device="cpu", stream=True,
+                                                 verbose=False)
+    for result in predicted:
         image_id = test_ids[str(Path(result.path))]
         xyxy = result.boxes.xyxy.tolist()
         for (x1, y1, x2, y2), k, score in zip(xyxy, result.boxes.cls.tolist(),
@@ -279,11 +352,12 @@ def main() -> None:
                            "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3),
                                     round(y2 - y1, 3)],
                            "score": round(score, 5)})
-    (out / "detections_predict.json").write_text(json.dumps(single))
+    if not segment:
+        (out / "detections_predict.json").write_text(json.dumps(single))
     end = time.perf_counter()
 
     record = {
-        "model": "yolov8n.yaml (from scratch)",
+        "model": f"{architecture} (from scratch)", "task": args.task,
         "imgsz": args.imgsz, "batch": args.batch, "seed": args.seed,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "optimizer": optimizer,
@@ -298,7 +372,9 @@ def main() -> None:
         "detections_predict": len(single),
         # Ultralytics' own mAP of these detections (its matching, not pycocotools')
         "ultralytics_val": {"map": round(float(val.box.map), 4),
-                            "map_50": round(float(val.box.map50), 4)},
+                            "map_50": round(float(val.box.map50), 4),
+                            **({"mask_map": round(float(val.seg.map), 4),
+                                "mask_map_50": round(float(val.seg.map50), 4)} if segment else {})},
         "seconds": round(end - start_wall, 1),
         "train_seconds": round(trained - prepared, 1),
         "cpu_seconds": round(cpu_seconds() - start_cpu, 1),
