@@ -79,6 +79,7 @@ class Scenes:
     semantic: list[np.ndarray] | None = None  # per image (H, W) uint8, 0 = background
     spec: str = ""
     visible: list[np.ndarray] | None = None  # per image (k,) float32: visible share per object
+    files: list[str] | None = None  # per image: where it was read from (for error messages)
 
 
 @dataclass
@@ -285,7 +286,8 @@ def stratified_split(x, y, test_fraction: float | int, seed: int):
         return train_test_split(x, y, test_size=test_fraction, random_state=seed)
 
 
-SCENE_FIELDS = ("images", "boxes", "labels", "masks", "semantic", "visible")  # one item per image
+# one item per image in each of these fields
+SCENE_FIELDS = ("images", "boxes", "labels", "masks", "semantic", "visible", "files")
 
 
 def split_scenes(scenes: Scenes, test_fraction: float, seed: int) -> tuple[Scenes, Scenes]:
@@ -438,6 +440,60 @@ def load_tfds_scenes(name: str, num_examples: int | None = None) -> tuple[Scenes
     return scenes[0], scenes[1]
 
 
+def load_tfds_segmentation(name: str, num_examples: int | None = None,
+                           ignore_index: int = 255) -> tuple[Scenes, Scenes]:
+    """A TFDS dataset with `image` + `segmentation_mask` features as (train, test) Scenes with
+    semantic masks; the local cache first, a download only when online. oxford_iiit_pet's
+    trimaps (1 pet, 2 background, 3 outline) become 1 pet, 0 background, and `ignore_index`
+    for the outline, which the annotators left undecided."""
+    import tensorflow_datasets as tfds
+
+    def read(download):
+        return tfds.load(name, split=["train", "test"], with_info=True, download=download)
+
+    try:
+        parts, info = read(download=False)
+    except tfds.core.registered.DatasetNotFoundError as err:
+        hint = next((line for line in str(err).splitlines() if "Did you mean" in line), "")
+        raise UserError(f"tfds:{name} is not a TensorFlow Datasets name. {hint}") from None
+    except (AssertionError, FileNotFoundError, OSError):
+        if not is_online():
+            raise UserError(
+                f"tfds:{name} is not in the local TFDS cache and needs a download, but there is "
+                "no network; offline alternatives: synthetic:scenes, folder:DIR (DIR/images + "
+                "DIR/masks), coco:FILE.json") from None
+        parts, info = read(download=True)
+    if "segmentation_mask" not in info.features:
+        raise UserError(f"tfds:{name} has no segmentation_mask feature: not a segmentation "
+                        "dataset (e.g. tfds:oxford_iiit_pet)")
+    pets = name.startswith("oxford_iiit_pet")
+    scenes, resized = [], 0
+    for ds in parts:
+        images, semantic = [], []
+        for example in tfds.as_numpy(ds.take(num_examples) if num_examples else ds):
+            mask, shape = np.asarray(example["segmentation_mask"]), example["image"].shape[:2]
+            mask = mask[..., 0] if mask.ndim == 3 else mask
+            if mask.shape != shape:  # nearest neighbour: class ids must not blend
+                resized += 1
+                mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(
+                    shape[::-1], Image.NEAREST))
+            if pets:
+                mask = np.select([mask == 1, mask == 2], [1, 0], ignore_index)
+            images.append(conform(example["image"][None], channels=3)[0])
+            semantic.append(mask.astype(np.uint8))
+        n = len(images)
+        scenes.append(Scenes(images, [np.zeros((0, 4), np.float32)] * n,
+                             [np.zeros(0, np.int64)] * n, ["pet"] if pets else [],
+                             semantic=semantic, spec=f"tfds:{name}"))
+    if resized:
+        print(f"note: tfds:{name}: {resized} masks were not their image's size and were resized")
+    if not pets:  # class names from the ids found
+        top = max(int(m[m != ignore_index].max(initial=0)) for m in scenes[0].semantic)
+        for part in scenes:
+            part.class_names = [str(i) for i in range(1, top + 1)]
+    return scenes[0], scenes[1]
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """One image file as uint8 (H, W, C); a missing, corrupt or oversized file raises UserError.
 
@@ -532,22 +588,55 @@ def _read_class_folders(root: Path, size, names=None):
 
 
 def _load_segmentation_folder(root: Path) -> Scenes:
-    images, semantic = [], []
+    """DIR/images/NAME.* + DIR/masks/NAME.* (class ids; 0 = background). An all-zero mask is
+    a valid image with no foreground."""
+    images, semantic, files = [], [], []
     for image_path in _image_files(root / "images"):
         mask_paths = sorted((root / "masks").glob(image_path.stem + ".*"))
         if not mask_paths:
-            raise UserError(f"no mask for {image_path} in {root / 'masks'} (same file name)")
-        image, mask = read_image(image_path), read_image(mask_paths[0])[..., 0]
+            raise UserError(f"no mask for {image_path} in {root / 'masks'}: add "
+                            f"{root / 'masks' / image_path.stem}.png (class ids), same file stem")
+        image, mask = read_image(image_path), read_mask(mask_paths[0])
         if mask.shape != image.shape[:2]:
-            raise UserError(f"{mask_paths[0]} is {mask.shape}, its image is {image.shape[:2]}")
+            raise UserError(f"{mask_paths[0]} is {mask.shape[1]}x{mask.shape[0]} pixels, its "
+                            f"image {image_path} {image.shape[1]}x{image.shape[0]}: masks must "
+                            "have their image's size")
         images.append(conform(image[None], channels=3)[0])
         semantic.append(mask)
+        files.append(str(image_path))
     if not images:
         raise UserError(f"{root / 'images'} holds no images")
     num_classes = int(max(m.max() for m in semantic))
     empty = [np.zeros((0, 4), np.float32)] * len(images)
     return Scenes(images, empty, [np.zeros(0, np.int64)] * len(images),
-                  [str(i) for i in range(1, num_classes + 1)], semantic=semantic)
+                  [str(i) for i in range(1, num_classes + 1)], semantic=semantic, files=files)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file of class ids as (H, W) uint8: grayscale or palette PNG (the palette index is
+    the class id, as in Pascal VOC), or RGB with R = G = B. Colour masks are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode, mask = img.mode, np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"cannot read mask {path}: {err}. Remove or replace the file.") from None
+    if mask.ndim == 3:
+        if mask.shape[-1] == 4:
+            mask = mask[..., :3]
+        if not (mask == mask[..., :1]).all():
+            raise UserError(f"{path} is a colour ({mode}) image: a mask holds one class id per "
+                            "pixel; save it as a grayscale or palette PNG of ids 0..K-1")
+        mask = mask[..., 0]
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if mask.min() < 0 or mask.max() > 255:
+        raise UserError(f"{path} holds values {mask.min()}..{mask.max()}: class ids must be "
+                        "0..255 (0 = background)")
+    return mask.astype(np.uint8)
 
 
 def load_coco(annotations: Path) -> Scenes:
@@ -606,7 +695,7 @@ def load_coco(annotations: Path) -> Scenes:
     has_visible = any(len(v) for v in visible) and not any(np.isnan(v).any() for v in visible)
     return Scenes(images, boxes, labels, class_names,
                   masks=masks if all(m is not None for m in masks) else None,
-                  visible=visible if has_visible else None)
+                  visible=visible if has_visible else None, files=[str(p) for p in paths])
 
 
 def _coco_image_paths(annotations: Path, file_names: list[str]) -> list[Path]:

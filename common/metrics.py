@@ -1,4 +1,5 @@
-"""Classification metrics with names shared by every recipe (lower_snake_case)."""
+"""Metrics with names shared by every recipe (lower_snake_case): classification, COCO
+detection (pycocotools) and semantic segmentation."""
 
 from __future__ import annotations
 
@@ -90,3 +91,44 @@ def coco_detection(gt: dict, detections: list[dict],
         p = precision[:, :, k]
         metrics["per_class"][name] = float(p[p > -1].mean()) if (p > -1).any() else None
     return metrics
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int,
+              ignore_index: int | None = None) -> np.ndarray:
+    """(num_classes, num_classes) pixel counts, rows = true class, columns = predicted;
+    pixels labelled `ignore_index` are left out. Add the matrices of several batches."""
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    keep = y_true != ignore_index if ignore_index is not None else slice(None)
+    y_true, y_pred = y_true[keep].astype(np.int64), y_pred[keep].astype(np.int64)
+    if y_true.size and (y_true.max() >= num_classes or y_true.min() < 0):
+        raise ValueError(f"class ids {y_true.min()}..{y_true.max()} outside 0..{num_classes - 1}")
+    return np.bincount(y_true * num_classes + y_pred,
+                       minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def segmentation(matrix: np.ndarray, class_names: list[str]) -> dict:
+    """Semantic segmentation scores of a confusion matrix (see `confusion`); class 0 is the
+    background. IoU = TP / (TP + FP + FN) per class; means run over the classes that occur
+    (in the ground truth or the predictions), so a class absent from both does not count.
+
+    Returns mean_iou, foreground_mean_iou (without class 0), pixel_accuracy,
+    mean_class_accuracy and iou {class name: IoU, None when the class never occurs}.
+    """
+    matrix = np.asarray(matrix, np.float64)
+    tp = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    truth = matrix.sum(1)
+    recall = np.where(truth > 0, tp / np.maximum(truth, 1), np.nan)
+
+    def mean(values):
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if values.size else None
+
+    return {
+        "mean_iou": mean(iou),
+        "foreground_mean_iou": mean(iou[1:]),
+        "pixel_accuracy": float(tp.sum() / max(matrix.sum(), 1)),
+        "mean_class_accuracy": mean(recall),
+        "iou": {name: None if np.isnan(v) else float(v) for name, v in zip(class_names, iou)},
+    }
