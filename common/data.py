@@ -775,6 +775,13 @@ def _coco_masks(coco, anns: list[dict], shape: tuple[int, int], path: Path) -> n
         info = coco.imgs[ann["image_id"]]
         info.setdefault("height", shape[0])
         info.setdefault("width", shape[1])
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, dict) and list(segmentation.get("size") or []) != list(shape):
+            # an RLE carries its own size: decoded at another size it is garbage or an error
+            raise UserError(f"{path}: annotation {ann['id']} has an RLE mask of size (height, "
+                            f"width) {segmentation.get('size')}, but its image "
+                            f"{info['file_name']} is {shape[0]}x{shape[1]} (height x width); "
+                            "encode the mask at the image's size")
         try:
             mask = coco.annToMask(ann).astype(bool)
         except Exception as err:  # pycocotools raises bare Exception, TypeError, ValueError...

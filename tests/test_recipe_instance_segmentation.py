@@ -96,7 +96,7 @@ def _spoil_first_annotation(coco, how):
 
 
 @pytest.mark.parametrize("how, message", [
-    ("rle size", "annotation 1"),
+    ("rle size", "annotation 1 has an RLE mask of size"),
     ("polygon outside", "empty mask"),
     ("no masks", "no instance masks"),
     ("missing image", "not on disk"),
