@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import ENV, ROOT, run_recipe
+from conftest import ENV, ROOT, run_notebook, run_recipe
 from PIL import Image
 
 VALID = "relu, sigmoid, average_pool, spp"
@@ -15,7 +15,7 @@ VALID = "relu, sigmoid, average_pool, spp"
 
 def test_smoke_run_learns_and_writes_everything(tmp_path):
     out = tmp_path / "out"
-    done = run_recipe("feature_extraction", "--smoke", "--out", str(out))
+    done = run_notebook("feature_extraction", out)  # also the notebook's execution test
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     # progress: the plan before training, then each model in turn; no framework noise
     assert "plan: 4 models x 4 epochs x 47 steps" in done.stdout
@@ -149,14 +149,14 @@ def test_ctrl_c_resumes_loads_finished_variants_and_ignores_a_stale_backup(tmp_p
     assert not (out / "backup" / "finished").exists()  # done: a rerun starts afresh
 
 
-def test_bad_input_exits_2_with_a_clear_message(tmp_path):
-    done = run_recipe("feature_extraction", "--dataset", "bogus:thing", "--out", str(tmp_path))
+def test_bad_input_exits_2_with_a_clear_message(tmp_path, run_here):
+    done = run_here("feature_extraction", "--dataset", "bogus:thing", "--out", str(tmp_path))
     assert done.returncode == 2
     assert "valid dataset specs" in done.stderr and "Traceback" not in done.stderr
-    done = run_recipe("feature_extraction", "predict", "--model", str(tmp_path / "none.keras"),
+    done = run_here("feature_extraction", "predict", "--model", str(tmp_path / "none.keras"),
                       "x.png")
     assert done.returncode == 2 and "model file not found" in done.stderr
-    done = run_recipe("feature_extraction", "--epochs", "0")
+    done = run_here("feature_extraction", "--epochs", "0")
     assert done.returncode == 2 and "at least 1" in done.stderr
-    done = run_recipe("feature_extraction", "--max-shift", "0", "--out", str(tmp_path))
+    done = run_here("feature_extraction", "--max-shift", "0", "--out", str(tmp_path))
     assert done.returncode == 2 and "--max-shift must be at least 1" in done.stderr
