@@ -5,7 +5,7 @@ import hashlib
 import json
 
 import pytest
-from conftest import run_recipe
+from conftest import run_notebook, run_recipe
 from PIL import Image
 
 from common import backbone, synthetic
@@ -15,7 +15,7 @@ from common import backbone, synthetic
 def smoke_run(tmp_path_factory):
     shipped = hashlib.sha256(backbone.WEIGHTS.read_bytes()).hexdigest()
     out = tmp_path_factory.mktemp("pretrain") / "out"
-    done = run_recipe("pretrain", "--smoke", "--out", str(out))
+    done = run_notebook("pretrain", out)  # also the notebook's execution test
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done, shipped
 
@@ -64,8 +64,8 @@ def test_predict_and_evaluate_the_glyph_classifier(smoke_run, tmp_path):
     (["--num-examples", "0"], "--num-examples >= 1"),
     (["--dataset", "nonsense:foo"], "unknown dataset kind 'nonsense'"),
 ])
-def test_bad_input_is_one_line_and_exit_2(flags, message, tmp_path):
-    done = run_recipe("pretrain", "--smoke", "--out", str(tmp_path / "out"), *flags)
+def test_bad_input_is_one_line_and_exit_2(flags, message, tmp_path, run_here):
+    done = run_here("pretrain", "--smoke", "--out", str(tmp_path / "out"), *flags)
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "results.json").exists()
