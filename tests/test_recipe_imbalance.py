@@ -5,7 +5,7 @@ import ast
 import json
 
 import numpy as np
-from conftest import ROOT, run_recipe, smoke
+from conftest import ROOT, run_notebook, run_recipe, smoke
 from PIL import Image
 
 RECIPE = ROOT / "recipes" / "imbalance" / "imbalance.py"
@@ -43,8 +43,8 @@ def _four_npz(path):
 def test_smoke_all_methods_on_grayscale_npz_of_odd_size(tmp_path):
     npz = _four_npz(tmp_path / "four.npz")
     out = tmp_path / "out"
-    done = run_recipe("imbalance", "--smoke", "--out", str(out), "--dataset", f"npz:{npz}",
-                      "--ratio", "10")
+    # run as the notebook: this run is also the notebook's execution test
+    done = run_notebook("imbalance", out, "--dataset", f"npz:{npz}", "--ratio", "10")
     assert done.returncode == 0, done.stderr[-3000:]
     # the plan, then one line per training (two ensemble members in smoke mode)
     assert "plan: 8 trainings x 2 epochs x 20 steps = 320 optimisation steps" in done.stdout
@@ -101,16 +101,16 @@ def test_folder_dataset_mixed_rgb_gray_sizes_predict_and_evaluate(tmp_path):
     assert 0 <= scores["balanced_accuracy"] <= 1
 
 
-def test_bad_input_names_the_problem_and_the_fix(tmp_path):
-    done = run_recipe("imbalance", "--methods", "baseline,smote", "--out", str(tmp_path))
+def test_bad_input_names_the_problem_and_the_fix(tmp_path, run_here):
+    done = run_here("imbalance", "--methods", "baseline,smote", "--out", str(tmp_path))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "smote" in done.stderr and "valid methods" in done.stderr and "focal" in done.stderr
 
-    done = run_recipe("imbalance", "--ratio", "0.5", "--out", str(tmp_path))
+    done = run_here("imbalance", "--ratio", "0.5", "--out", str(tmp_path))
     assert done.returncode == 2 and "--ratio must be a number >= 1" in done.stderr
 
     # smoke data has 60 images per class: ratio 1000 leaves the tail class 'crescent' with none
-    done = run_recipe("imbalance", "--smoke", "--ratio", "1000", "--out", str(tmp_path))
+    done = run_here("imbalance", "--smoke", "--ratio", "1000", "--out", str(tmp_path))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "'crescent'" in done.stderr and "lower --ratio" in done.stderr
     assert not (tmp_path / "results.json").exists()
@@ -125,9 +125,9 @@ def test_train_size_is_a_class_balanced_subset_of_an_npz(tmp_path):
     assert results["args"]["train_size"] == 200
 
 
-def test_batch_size_larger_than_the_long_tailed_set_names_the_flag(tmp_path):
+def test_batch_size_larger_than_the_long_tailed_set_names_the_flag(tmp_path, run_here):
     npz = _four_npz(tmp_path / "four.npz")  # ratio 100: 80 + 17 + 4 + 1 training images
-    done = run_recipe("imbalance", "--dataset", f"npz:{npz}", "--batch-size", "1000",
+    done = run_here("imbalance", "--dataset", f"npz:{npz}", "--batch-size", "1000",
                       "--out", str(tmp_path / "out"))
     assert done.returncode == 2, done.stderr[-2000:]
     assert "--batch-size 1000 is larger than the 102 training images" in done.stderr
