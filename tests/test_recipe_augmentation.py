@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import ENV, ROOT, run_recipe, smoke
+from conftest import ENV, ROOT, run_notebook, run_recipe, smoke
 from PIL import Image
 
 RECIPE = ROOT / "recipes" / "augmentation" / "augmentation.py"
@@ -56,7 +56,7 @@ def write_stripes_npz(path, n=360):
 
 def test_smoke_every_policy_metric_and_plot(tmp_path):
     out = tmp_path / "out"
-    done = run_recipe("augmentation", "--smoke", "--out", str(out))
+    done = run_notebook("augmentation", out)  # also the notebook's execution test
     assert done.returncode == 0, done.stderr[-3000:]
     # the plan before training, then where the run is: one line per policy
     assert "plan: 7 policies x 4 epochs x 8 steps = 224 optimisation steps" in done.stdout
@@ -102,23 +102,23 @@ def test_grayscale_odd_size_npz_learns_predicts_and_evaluates(tmp_path):
     assert abs(evaluated["test_accuracy"] - metrics["test_accuracy"]) < 1e-6
 
 
-def test_unknown_policy_lists_the_valid_ones(tmp_path):
-    done = run_recipe("augmentation", "--policies", "none,nope", "--out", str(tmp_path))
+def test_unknown_policy_lists_the_valid_ones(tmp_path, run_here):
+    done = run_here("augmentation", "--policies", "none,nope", "--out", str(tmp_path))
     assert done.returncode == 2
     assert "nope" in done.stderr and "valid policies: none, geometric, photometric" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "results.json").exists()
 
 
-def test_bad_train_size_is_a_clear_error(tmp_path):
-    done = run_recipe("augmentation", "--train-size", "lots", "--out", str(tmp_path))
+def test_bad_train_size_is_a_clear_error(tmp_path, run_here):
+    done = run_here("augmentation", "--train-size", "lots", "--out", str(tmp_path))
     assert done.returncode == 2 and "--train-size" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_batch_size_larger_than_the_training_set_names_the_flag(tmp_path):
+def test_batch_size_larger_than_the_training_set_names_the_flag(tmp_path, run_here):
     data = tmp_path / "stripes.npz"
     write_stripes_npz(data)  # 240 training images
-    done = run_recipe("augmentation", "--dataset", f"npz:{data}", "--batch-size", "500",
+    done = run_here("augmentation", "--dataset", f"npz:{data}", "--batch-size", "500",
                       "--out", str(tmp_path / "out"))
     assert done.returncode == 2, done.stderr[-2000:]
     assert "--batch-size 500 is larger than the 240 training images" in done.stderr
