@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ENV, ROOT, run_recipe
+from conftest import ENV, ROOT, run_notebook, run_recipe
 from PIL import Image, ImageDraw
 
 METHODS = ("embedding", "classifier_features", "raw_pixels")
@@ -71,8 +71,9 @@ def test_smoke(tmp_path):
     assert (out / "backup" / "embedding" / "run.json").is_file()
 
     write_bars(tmp_path / "bars.npz")
-    done = run_recipe("embeddings", "--smoke", "--out", str(out), "--train-size", "800",
-                      "--weights", "none", "--dataset", f"npz:{tmp_path / 'bars.npz'}")
+    # run as the notebook: this run is also the notebook's execution test
+    done = run_notebook("embeddings", out, "--train-size", "800", "--weights", "none",
+                        "--dataset", f"npz:{tmp_path / 'bars.npz'}")
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     assert "holds a backup of another run" in done.stdout
     # progress: the plan before training, then one line per epoch (stdout is not a terminal)
@@ -136,19 +137,19 @@ def test_smoke(tmp_path):
             assert abs(evaluated[method][k] - m[method][k]) < 1e-4, (method, k)
 
 
-def test_bad_input(tmp_path):
-    done = run_recipe("embeddings", "--loss", "nope", "--out", str(tmp_path / "a"))
+def test_bad_input(tmp_path, run_here):
+    done = run_here("embeddings", "--loss", "nope", "--out", str(tmp_path / "a"))
     assert done.returncode == 2 and "invalid choice" in done.stderr
     assert "Traceback" not in done.stderr
 
-    done = run_recipe("embeddings", "--seen-classes", "9", "--num-examples", "200", "--out",
+    done = run_here("embeddings", "--seen-classes", "9", "--num-examples", "200", "--out",
                       str(tmp_path / "b"))
     assert done.returncode == 2 and "--seen-classes 9: valid values are 2..8" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "b" / "results.json").exists()
 
     # --num-examples sizes generated data only; real data is subset with --train-size
-    done = run_recipe("embeddings", "--num-examples", "500", "--dataset", "npz:any.npz",
+    done = run_here("embeddings", "--num-examples", "500", "--dataset", "npz:any.npz",
                       "--out", str(tmp_path / "c"))
     assert done.returncode == 2 and "use --train-size N" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
@@ -167,11 +168,11 @@ def test_bad_input(tmp_path):
     (gallery / "b.png").write_bytes(b"not really a png")
     for folder, message in ((gallery, "holds no readable images (2 other files)"),
                             (tmp_path / "nowhere", "gallery folder not found")):
-        done = run_recipe("embeddings", "predict", "--model", str(tmp_path / "tiny.keras"),
+        done = run_here("embeddings", "predict", "--model", str(tmp_path / "tiny.keras"),
                           "--gallery", str(folder), str(query))
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
-    done = run_recipe("embeddings", "predict", "--model", str(tmp_path / "tiny.keras"),
+    done = run_here("embeddings", "predict", "--model", str(tmp_path / "tiny.keras"),
                       "--top-k", "0", "--gallery", str(gallery), str(query))
     assert done.returncode == 2 and "--top-k 0: valid values" in done.stderr
 
