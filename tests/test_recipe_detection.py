@@ -19,7 +19,8 @@ COCO_KEYS = {"map", "map_50", "map_75", "ar_100", "map_small", "map_medium", "ma
 @pytest.fixture(scope="module")
 def yolo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("detection") / "yolo"
-    return out, smoke("detection", out, "--occlusion", "compare")
+    # run as the notebook: this run is also the notebook's execution test
+    return out, smoke("detection", out, "--occlusion", "compare", notebook=True)
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +103,15 @@ def test_retinanet_trains_on_a_coco_file_with_a_separate_test_file(coco_files, t
     ("{not json", "is not COCO JSON"),
     ('{"images": [], "annotations": []}', "'categories'"),
 ])
-def test_bad_coco_files_exit_2_with_the_problem(tmp_path, broken, message):
+def test_bad_coco_files_exit_2_with_the_problem(tmp_path, broken, message, run_here):
     path = tmp_path / "ann.json"
     path.write_text(broken)
-    done = run_recipe("detection", "--dataset", f"coco:{path}", "--out", str(tmp_path / "o"))
+    done = run_here("detection", "--dataset", f"coco:{path}", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_offline_voc_names_the_alternatives(tmp_path):
-    done = run_recipe("detection", "--dataset", "tfds:voc/2007", "--out", str(tmp_path / "o"))
+def test_offline_voc_names_the_alternatives(tmp_path, run_here):
+    done = run_here("detection", "--dataset", "tfds:voc/2007", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "offline" in done.stderr and "coco:" in done.stderr
 
 

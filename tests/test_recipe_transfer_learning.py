@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ENV, ROOT, run_recipe
+from conftest import ENV, ROOT, run_notebook, run_recipe
 
 RECIPE = ROOT / "recipes" / "transfer_learning" / "transfer_learning.py"
 STRATEGIES = ("scratch", "frozen", "finetune")  # the metric names results.json promises
@@ -52,8 +52,10 @@ def smoke_run(tmp_path_factory):
     """One smoke run with the default generic backbone, compared with the six-shape backbone,
     which it pretrains as OUT/backbone.keras and loads via the --weights PATH.keras code."""
     out = tmp_path_factory.mktemp("transfer_learning") / "out"
-    results, stdout = train(out, "--compare-weights", "pretrain")
-    return out, results, stdout
+    # run as the notebook: this run is also the notebook's execution test
+    done = run_notebook("transfer_learning", out, "--compare-weights", "pretrain")
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return out, json.loads((out / "results.json").read_text()), done.stdout
 
 
 def generic_size(shape) -> tuple[int, int]:
@@ -176,12 +178,12 @@ def test_weights_file_written_by_the_test_is_loaded(smoke_run, tmp_path):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded), marked)
 
 
-def test_weights_for_another_architecture_name_both_shapes(tmp_path):
+def test_weights_for_another_architecture_name_both_shapes(tmp_path, run_here):
     import keras
 
     other = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(8, 3)])
     other.save_weights(tmp_path / "other.weights.h5")
-    done = run_recipe("transfer_learning", "--weights", str(tmp_path / "other.weights.h5"),
+    done = run_here("transfer_learning", "--weights", str(tmp_path / "other.weights.h5"),
                       "--out", str(tmp_path / "out"))
     assert done.returncode == 2, done.stderr[-3000:]
     assert "does not match the small_cnn backbone" in done.stderr
@@ -190,11 +192,11 @@ def test_weights_for_another_architecture_name_both_shapes(tmp_path):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_generic_architecture_takes_a_weights_file_through_its_loader(tmp_path):
+def test_generic_architecture_takes_a_weights_file_through_its_loader(tmp_path, run_here):
     """--weights PATH.weights.h5 --backbone generic (e.g. a `make pretrain` run's output) goes
     through the generic loader and its checks: an unreadable file is one clear line."""
     (tmp_path / "bad.weights.h5").write_bytes(b"not an HDF5 file" * 64)
-    done = run_recipe("transfer_learning", "--weights", str(tmp_path / "bad.weights.h5"),
+    done = run_here("transfer_learning", "--weights", str(tmp_path / "bad.weights.h5"),
                       "--backbone", "generic", "--out", str(tmp_path / "out"))
     assert done.returncode == 2, done.stderr[-3000:]
     assert "cannot read the generic backbone's weights" in done.stderr
@@ -229,8 +231,8 @@ def test_imagenet_offline_says_how_to_pass_a_local_file(tmp_path, monkeypatch):
     (("--backbone", "small_cnn"), "--backbone small_cnn does not apply to --weights generic"),
     (("--backbone", "generic", "--weights", "pretrain"), "make pretrain"),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, flags, expected):
-    done = run_recipe("transfer_learning", *flags, "--out", str(tmp_path))
+def test_bad_input_is_one_clear_line(tmp_path, flags, expected, run_here):
+    done = run_here("transfer_learning", *flags, "--out", str(tmp_path))
     assert done.returncode == 2 and expected in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
 
