@@ -79,24 +79,24 @@ def test_smoke(tmp_path):
     assert abs(evaluated["metrics"]["test_accuracy"] - m["test_accuracy"]) < 1e-6
 
 
-def test_bad_input(tmp_path):
-    done = run_recipe("backprop", "--dataset", "bogus:x", "--out", str(tmp_path / "a"))
+def test_bad_input(tmp_path, run_here):
+    done = run_here("backprop", "--dataset", "bogus:x", "--out", str(tmp_path / "a"))
     assert done.returncode == 2
     assert "valid dataset specs" in done.stderr and "synthetic:shapes" in done.stderr
     assert "Traceback" not in done.stderr
 
-    done = run_recipe("backprop", "--equivalence-steps", "0", "--out", str(tmp_path / "b"))
+    done = run_here("backprop", "--equivalence-steps", "0", "--out", str(tmp_path / "b"))
     assert done.returncode == 2 and "--equivalence-steps" in done.stderr
     assert "Traceback" not in done.stderr
 
     write_quadrants(tmp_path / "small.npz", n_train=100, n_test=20)
-    done = run_recipe("backprop", "--dataset", f"npz:{tmp_path / 'small.npz'}",
+    done = run_here("backprop", "--dataset", f"npz:{tmp_path / 'small.npz'}",
                       "--equivalence-steps", "10", "--out", str(tmp_path / "c"))
     assert done.returncode == 2 and "use fewer steps" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "c" / "results.json").exists()
 
-    done = run_recipe("backprop", "predict", "--model", str(tmp_path / "missing.keras"), "x.png")
+    done = run_here("backprop", "predict", "--model", str(tmp_path / "missing.keras"), "x.png")
     assert done.returncode == 2 and "model file not found" in done.stderr
 
 
