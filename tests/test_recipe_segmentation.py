@@ -17,7 +17,7 @@ CLASSES = ["background", *synthetic.SHAPES]
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("segmentation") / "unet"
-    return out, smoke("segmentation", out, "--loss", "compare")
+    return out, smoke("segmentation", out, "--loss", "compare", notebook=True)  # + its notebook
 
 
 def write_folder(root, scenes, size=None):
