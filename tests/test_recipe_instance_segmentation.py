@@ -19,7 +19,7 @@ AP_KEYS = {f"{kind}_{key}" for kind in ("mask", "box")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("instance_segmentation") / "run"
-    return out, smoke("instance_segmentation", out)
+    return out, smoke("instance_segmentation", out, notebook=True)  # + its notebook
 
 
 @pytest.fixture(scope="module")

@@ -524,7 +524,7 @@ plots.bars({n: v or 0.0 for n, v in scores[main]["iou"].items()}, out / "iou_per
 
 # %%
 fig, axes = plt.subplots(2, 6, figsize=(15, 5.4))
-checker = (np.indices((64, 64)).sum(0) // 8 % 2 * 80 + 150).astype(np.uint8)
+checker = ((np.indices((64, 64)) // 8).sum(0) % 2 * 80 + 150).astype(np.uint8)
 for k in range(6):
     for ax in axes[:, k]:
         ax.axis("off")
