@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 MNIST = ROOT.parent / "shared" / "data" / "mnist10k.npz"
+
+from bench_detection import run  # noqa: E402  (the same runner: wall and CPU seconds, a log)
+
 KEYS = ("mean_iou", "foreground_mean_iou", "pixel_accuracy", "mean_class_accuracy")
 
 
@@ -80,25 +81,6 @@ def write_dataset(root: Path, train: int, test: int, seed: int) -> Path:
             Image.fromarray(image).save(root / part / "images" / f"{i:05d}.png")
             Image.fromarray(mask).save(root / part / "masks" / f"{i:05d}.png")
     return root
-
-
-def run(command: list[str], log: Path) -> tuple[float, float]:
-    """Run `command` from the repository root, output to the terminal and `log`;
-    returns (wall seconds, CPU seconds of the command and its children)."""
-    print("$", shlex.join(command), flush=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            sys.stdout.write(line)
-            f.write(line)
-    if process.wait():
-        raise SystemExit(f"failed ({process.returncode}): see {log}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return time.perf_counter() - start, cpu
 
 
 def kerasio_model(size: int, num_classes: int):

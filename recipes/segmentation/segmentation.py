@@ -94,10 +94,10 @@ parser.add_argument("--num-scenes", type=int, default=1000, help="synthetic:scen
 parser.add_argument("--patience", type=int, default=6,
                     help="early stopping: epochs without a better validation mIoU")
 parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam, cosine)")
-for sub in (parser.evaluate,):
-    sub.add_argument("--num-classes", type=int, default=None,
-                     help="checked against the model (default: the model's)")
-    sub.add_argument("--ignore-index", type=int, default=255, help="mask value not scored")
+parser.evaluate.add_argument("--num-classes", type=int, default=None,
+                             help="checked against the model (default: the model's)")
+parser.evaluate.add_argument("--ignore-index", type=int, default=255,
+                             help="mask value not scored")
 parser.predict.add_argument("--out-dir", required=True,
                             help="folder for NAME.png (class ids, the input's size)")
 parser.predict.add_argument("--remove-background", action="store_true",
@@ -162,7 +162,7 @@ def load_dataset(spec, evaluate=False):
     kind, _, value = spec.partition(":")
     if kind == "tfds":
         train, test = data.load_tfds_segmentation(
-            value, args.num_scenes if getattr(args, "smoke", False) else None, args.ignore_index)
+            value, args.num_scenes if args.smoke else None, args.ignore_index)
     elif kind == "folder" and (Path(value) / "train" / "images").is_dir():
         train = data.require(data.load(f"folder:{Path(value) / 'train'}"), data.Scenes, spec)
         test = data.require(data.load(f"folder:{Path(value) / 'test'}"), data.Scenes, spec)
@@ -378,7 +378,6 @@ if args.command == "evaluate":
         raise UserError(f"--num-classes {args.num_classes}, but {args.model} predicts "
                         f"{len(class_names)} classes: leave out --num-classes or pass the "
                         "model trained on these classes")
-    args.smoke = False
     _, scenes = load_dataset(args.dataset, evaluate=True)
     masks = semantic_masks(scenes)
     check_masks(scenes, masks, len(class_names))
