@@ -29,6 +29,11 @@ def commit() -> str:
         return "unknown"
 
 
+# The code that ran is the code at the start of the run: recipes import this module first thing,
+# and a long run can outlive a commit made meanwhile (then both are recorded).
+COMMIT_AT_START = commit()
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -54,7 +59,8 @@ def write(out: str | Path, recipe: str, dataset: str, metrics: dict, seconds: fl
         "args": {k: v for k, v in (args or {}).items() if _jsonable(v)},
         "command": " ".join(["python -m recipes." + recipe, *sys.argv[1:]])
         if not in_notebook() else None,
-        "commit": commit(),
+        "commit": COMMIT_AT_START,
+        **({"commit_at_end": end} if (end := commit()) != COMMIT_AT_START else {}),
         "versions": versions(),
         **extra,
     }
