@@ -1,6 +1,6 @@
 # CNN recipes for Keras 3 / TensorFlow. `make NAME ARGS="--epochs 5"` runs one recipe.
 PY := .venv/bin/python
-RECIPES := feature_extraction backprop transfer_learning embeddings augmentation imbalance detection segmentation instance_segmentation distillation qat distributed ocr_crnn
+RECIPES := feature_extraction backprop transfer_learning embeddings augmentation imbalance detection segmentation instance_segmentation distillation qat distributed ocr_crnn tracking
 ARGS ?=
 
 .PHONY: install test lint notebooks bench bench-yolo-env clean pretrain $(RECIPES)
