@@ -84,10 +84,15 @@ class Scenes:
 
 @dataclass
 class TextLines:
+    """Text-line images of one height, padded on the right to one width with each line's own
+    paper colour; `widths` says where each line really ends (a reader must not read the
+    padding). `files`: where each line was read from (for error messages), if from files."""
+
     images: np.ndarray  # (N, H, W) uint8
     texts: list[str]
     spec: str = ""
     files: list[str] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
 
 
 def load(
@@ -117,7 +122,7 @@ def load(
     elif kind == "npz":
         data = _load_npz(Path(value), seed, test_fraction)
     elif kind == "lines":
-        data = _load_lines(Path(value))
+        data = _load_lines(Path(value), size[0] if size else None)
     else:
         raise UserError(f"unknown dataset kind {kind!r} in {spec!r}; {SPECS_HELP}")
     if isinstance(data, Classification):
@@ -336,9 +341,10 @@ def _load_synthetic(name, seed, size, num_examples, test_fraction):
             masks=[s.masks for s in scenes], semantic=[s.semantic for s in scenes],
             visible=[s.visible for s in scenes],
         )
-    if name == "textlines":
-        images, texts = synthetic.make_textlines(num_examples or 2000, seed=seed)
-        return TextLines(images, texts)
+    if name == "textlines":  # lines in the training fonts and mixed conditions
+        fonts, _ = synthetic.textline_font_split()
+        images, texts = synthetic.make_textline_set(num_examples or 2000, seed, fonts)
+        return stack_lines(images, texts, size[0] if size else 32)
     raise UserError(
         f"unknown synthetic dataset {name!r}: use synthetic:shapes, synthetic:scenes or "
         "synthetic:textlines"
@@ -848,7 +854,31 @@ def _load_npz(path: Path, seed, test_fraction):
     return Classification(x, y, xt, yt, names)
 
 
-def _load_lines(path: Path) -> TextLines:
+def stack_lines(images: list[np.ndarray], texts: list[str], height: int | None = None,
+                files: list[str] | None = None) -> TextLines:
+    """TextLines from line images of any size and channels: grayscale, scaled to `height`
+    (default: the first line's height) keeping the aspect ratio, padded on the right with each
+    line's brightest value (its paper, for dark ink) to the widest line; `widths` keeps where
+    each line ends."""
+    gray = [conform(i[None], channels=1)[0, ..., 0] for i in images]
+    height = height or gray[0].shape[0]
+    scaled = []
+    for line in gray:
+        if line.shape[0] != height:
+            width = max(1, round(line.shape[1] * height / line.shape[0]))
+            line = np.asarray(Image.fromarray(line).resize((width, height),
+                                                            Image.Resampling.BILINEAR))
+        scaled.append(line)
+    widths = [line.shape[1] for line in scaled]
+    most = max(widths)
+    padded = np.stack([np.pad(line, ((0, 0), (0, most - line.shape[1])),
+                              constant_values=int(line.max())) for line in scaled])
+    return TextLines(padded, list(texts), files=list(files or []), widths=widths)
+
+
+def _load_lines(path: Path, height: int | None = None) -> TextLines:
+    """A labels file of FILE<TAB>TEXT rows (FILE relative to its folder): every line image,
+    scaled to `height` (default: the first line's height), and its text."""
     if not path.is_file():
         raise UserError(f"labels file not found: {path}")
     try:
@@ -863,16 +893,19 @@ def _load_lines(path: Path) -> TextLines:
         if "\t" not in row:
             raise UserError(f"{path}:{number}: expected FILE<TAB>TEXT, got {row!r}")
         name, text = row.split("\t", 1)
+        text = text.rstrip("\r")  # a file saved with Windows line ends
+        if not text.strip():
+            raise UserError(f"{path}:{number}: {name!r} has an empty text: every line image "
+                            "needs its transcription (remove the row, or write the text)")
         files.append(str(path.parent / name))
         texts.append(text)
     if not files:
         raise UserError(f"{path} has no rows")
-    images = [conform(read_image(f)[None], channels=1)[0, ..., 0] for f in files]
-    if len({i.shape for i in images}) > 1:
-        height = images[0].shape[0]  # mixed sizes: scale each line to the first line's height
-        images = [np.asarray(Image.fromarray(i).resize(
-            (max(1, round(i.shape[1] * height / i.shape[0])), height))) for i in images]
-        width = max(i.shape[1] for i in images)
-        images = [np.pad(i, ((0, 0), (0, width - i.shape[1])), constant_values=int(i.max()))
-                  for i in images]
-    return TextLines(np.stack(images), texts, files=files)
+    images = []
+    for file in files:
+        image = read_image(file)
+        if image.size == 0 or min(image.shape[:2]) < 2:
+            raise UserError(f"{file} is {image.shape[1]}x{image.shape[0]} pixels: too small to "
+                            "hold a line of text; remove the row or replace the image")
+        images.append(image)
+    return stack_lines(images, texts, height, files)

@@ -3,7 +3,9 @@
 - `make_shapes`: one shape per image with its class label (classification).
 - `make_scenes`: several shapes per image with boxes, instance masks and a semantic mask
   (detection, instance and semantic segmentation, tracking).
-- `make_textlines`: printed text lines rendered with the fonts this machine has (OCR).
+- `make_textlines`: fixed-size printed text lines rendered with the fonts this machine has.
+- `textline_stream` / `make_textline_set`: an unlimited seeded stream of printed lines in many
+  pinned font families and conditions, clean to degraded (OCR; see `render_textline`).
 
 Shapes are drawn with PIL at 4x resolution and downsampled, so edges are anti-aliased like
 photographs of real objects, not jagged like a rasteriser's output.
@@ -13,12 +15,15 @@ from __future__ import annotations
 
 import functools
 import glob
+import io
+import itertools
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 SHAPES = (
     "circle", "ring", "square", "frame", "triangle",
@@ -298,6 +303,311 @@ def make_textlines(
         images[i] = np.clip(line + rng.normal(0, 6, line.shape), 0, 255).astype(np.uint8)
         texts.append(text)
     return images, texts
+
+
+# ---------------------------------------------------------------------------------------------
+# Printed text lines for OCR: an unlimited, seeded stream in many fonts and conditions
+
+# What the OCR recipe reads: letters, digits, space and common punctuation.
+TEXTLINE_CHARSET = (" !\"&'(),-./0123456789:;?ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                    "abcdefghijklmnopqrstuvwxyz")
+# Font families come from matplotlib (DejaVu, STIX) and from pinned PyPI packages that ship
+# TrueType/OpenType files (requirements.txt), never from the system: every clone renders the
+# same lines. The unseen families never appear in training; the held-out test lines use them.
+TEXTLINE_FONT_PACKAGES = ("font_roboto", "font_source_sans_pro", "font_source_serif_pro",
+                          "font_lato", "font_caladea", "font_hanken_grotesk", "font_manrope",
+                          "font_fredoka_one", "font_rhd")
+UNSEEN_FONT_FAMILIES = ("Caladea", "Lato")
+TEXTLINE_CONDITIONS = ("train", "clean", "degraded")
+_MATPLOTLIB_FAMILIES = ("DejaVuSans", "DejaVuSansMono", "DejaVuSerif", "STIXGeneral")
+
+
+def _font_covers(path: str, chars: str) -> bool:
+    from fontTools.ttLib import TTFont
+
+    with TTFont(path, lazy=True) as font:
+        cmap = font.getBestCmap() or {}
+    return all(ord(c) in cmap for c in chars if c != " ")
+
+
+@functools.lru_cache(maxsize=4)
+def textline_fonts(charset: str = TEXTLINE_CHARSET) -> dict[str, tuple[str, ...]]:
+    """Font files by family (e.g. "Lato": its regular, bold, italic, ... files) that have a
+    glyph for every character of `charset`: matplotlib's DejaVu and STIX families plus the
+    installed `TEXTLINE_FONT_PACKAGES`. Variable fonts, hairline weights (Thin, ExtraLight)
+    and duplicate .otf files are left out."""
+    import importlib.util
+
+    import matplotlib
+
+    found: dict[str, dict[str, str]] = {}
+    folder = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+    for path in sorted(glob.glob(os.path.join(folder, "*.ttf"))):
+        stem = os.path.basename(path)[:-4]
+        family = "STIXGeneral" if stem.startswith("STIXGeneral") else stem.split("-")[0]
+        if family in _MATPLOTLIB_FAMILIES:
+            found.setdefault(family, {})[stem] = path
+    for package in TEXTLINE_FONT_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue  # not installed: `pip install -r requirements.txt` brings it
+        files = os.path.join(list(spec.submodule_search_locations)[0], "files")
+        for path in sorted(glob.glob(os.path.join(files, "*.[ot]tf"))):
+            stem = os.path.basename(path)[:-4]
+            # variable fonts repeat the static ones; hairline weights are display type
+            if any(w in stem for w in ("Variable", "Thin", "ExtraLight", "Hairline")):
+                continue
+            family = found.setdefault(stem.split("-")[0], {})
+            if stem not in family or path.endswith(".ttf"):  # the .ttf of an .otf/.ttf pair
+                family[stem] = path
+    fonts = {}
+    for family, files in sorted(found.items()):
+        usable = tuple(sorted(p for p in files.values() if _font_covers(p, charset)))
+        if usable:
+            fonts[family] = usable
+    return fonts
+
+
+def textline_font_split(unseen: tuple[str, ...] = UNSEEN_FONT_FAMILIES,
+                        charset: str = TEXTLINE_CHARSET) -> tuple[list[str], list[str]]:
+    """(training font files, unseen-family font files): no family is in both."""
+    fonts = textline_fonts(charset)
+    missing = [f for f in unseen if f not in fonts]
+    if missing:
+        raise RuntimeError(f"font families {missing} not found (have {sorted(fonts)}): install "
+                           "the pinned font packages with `pip install -r requirements.txt`")
+    train = [p for family, files in fonts.items() if family not in unseen for p in files]
+    test = [p for family in unseen for p in fonts[family]]
+    return train, test
+
+
+@functools.lru_cache(maxsize=1)
+def textline_words() -> tuple[str, ...]:
+    """The English word list of `random_textline` (common/textline_words.txt)."""
+    path = os.path.join(os.path.dirname(__file__), "textline_words.txt")
+    with open(path, encoding="utf-8") as f:
+        return tuple(w.strip() for w in f if w.strip() and not w.startswith("#"))
+
+
+def _word(rng: np.random.Generator) -> str:
+    words = textline_words()
+    word = words[int(rng.integers(len(words)))]
+    case = rng.random()
+    return word.capitalize() if case < 0.25 else word.upper() if case < 0.37 else word
+
+
+def _number(rng: np.random.Generator) -> str:
+    d = lambda lo, hi: str(int(rng.integers(lo, hi)))  # noqa: E731 - a local shorthand
+    kind = int(rng.integers(9))
+    if kind == 0:
+        return f"{d(1, 32):0>2}/{d(1, 13):0>2}/{d(1950, 2040)}"  # a date
+    if kind == 1:
+        return f"{d(0, 24)}:{d(0, 60):0>2}"  # a time
+    if kind == 2:
+        return f"({d(100, 1000)}) {d(100, 1000)}-{d(1000, 10000)}"  # a phone number
+    if kind == 3:
+        return f"{d(1, 1000)},{d(0, 1000):0>3}"  # thousands
+    if kind == 4:
+        return f"{d(0, 1000)}.{d(0, 100):0>2}"  # a decimal
+    if kind == 5:
+        return f"{d(1, 100)}-{d(1, 100)}"  # a range
+    return d(0, 10 ** int(rng.integers(1, 7)))
+
+
+def _random_chars(rng: np.random.Generator, n: int, charset: str) -> str:
+    return "".join(rng.choice(list(charset.replace(" ", "")), n))
+
+
+def _phrase_piece(rng: np.random.Generator, charset: str) -> str:
+    """A word or number, sometimes with punctuation attached as in running text."""
+    r = rng.random()
+    piece = (_number(rng) if r < 0.18 else
+             _random_chars(rng, int(rng.integers(1, 8)), charset) if r < 0.26 else _word(rng))
+    r = rng.random()
+    if r < 0.12:
+        piece += rng.choice([",", ".", ";", ":", "!", "?"])
+    elif r < 0.16:
+        piece = f'"{piece}"'
+    elif r < 0.20:
+        piece = f"({piece})"
+    elif r < 0.23:
+        piece = f"'{piece}'"
+    elif r < 0.27:
+        piece += rng.choice(["-", "/", "'s", "'t", "...", "?!", ").", "),"]) + (
+            _word(rng) if rng.random() < 0.5 else "")
+    elif r < 0.30:
+        piece = rng.choice(["&", "-", "/", ":", "--", "(", ")"]) + (" " + piece)
+    return piece
+
+
+def random_textline(rng: np.random.Generator, max_chars: int = 32,
+                    charset: str = TEXTLINE_CHARSET) -> str:
+    """One line of 1 to `max_chars` characters of `charset`: running text (words, numbers,
+    punctuation: most lines), a number-heavy line, or a random string (with spaces)."""
+    length = int(rng.integers(1, max_chars + 1)) if rng.random() < 0.6 else int(
+        rng.integers(max(1, max_chars // 2), max_chars + 1))
+    kind = rng.random()
+    if kind < 0.15:  # random characters: every character equally often, no language model
+        text = _random_chars(rng, length, charset)
+        spaces = rng.random(length) < 0.12
+        text = "".join(" " if s and 0 < i < length - 1 else c
+                       for i, (c, s) in enumerate(zip(text, spaces)))
+    else:
+        pieces: list[str] = []
+        while sum(len(p) + 1 for p in pieces) <= length:
+            pieces.append(_number(rng) if kind < 0.25 else _phrase_piece(rng, charset))
+        text = " ".join(pieces)
+        if len(text) > length:  # cut at a space when there is one, else anywhere
+            cut = text.rfind(" ", 0, length + 1)
+            text = text[:cut] if cut > 0 else text[:length]
+    text = " ".join(text.split())  # one space between words, none at the ends
+    text = "".join(c for c in text if c in charset)
+    return text or _random_chars(rng, 1, charset)
+
+
+def _grey_level_colour(rng: np.random.Generator, level: float, tint: float) -> np.ndarray:
+    """An RGB colour of about the luminance `level`, tinted by up to `tint` per channel."""
+    colour = level + rng.uniform(-tint, tint, 3)
+    colour += level - colour @ np.array([0.299, 0.587, 0.114])  # back to the luminance asked
+    return np.clip(colour, 0, 255)
+
+
+def _background(rng: np.random.Generator, height: int, width: int, paper: np.ndarray,
+                texture: str, amplitude: float) -> np.ndarray:
+    """(height, width, 3) float32 paper: plain, gradient, cloudy noise, ruled lines, stripes."""
+    image = np.broadcast_to(paper.astype(np.float32), (height, width, 3)).copy()
+    if texture == "gradient":
+        ramp = np.linspace(-1, 1, width, dtype=np.float32)[None, :, None]
+        image += amplitude * ramp * rng.uniform(-1, 1, 3).astype(np.float32)
+    elif texture == "cloudy":
+        cells = rng.normal(0, 1, (max(2, height // 6), max(2, width // 6), 3))
+        cloud = Image.fromarray(((cells.clip(-2.5, 2.5) + 2.5) * 51).astype(np.uint8))
+        cloud = np.asarray(cloud.resize((width, height), Image.Resampling.BICUBIC), np.float32)
+        image += amplitude * (cloud / 127.5 - 1)
+    elif texture == "ruled":
+        period = rng.uniform(4, 12)
+        rows = (np.arange(height) % period < 1).astype(np.float32)[:, None, None]
+        image -= amplitude * rows * rng.uniform(0.3, 1, 3).astype(np.float32)
+    elif texture == "stripes":
+        angle, period = rng.uniform(0, np.pi), rng.uniform(3, 10)
+        y, x = np.mgrid[:height, :width].astype(np.float32)
+        wave = np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / period)
+        image += amplitude * wave[..., None] * rng.uniform(0.3, 1, 3).astype(np.float32)
+    return image
+
+
+def _condition(rng: np.random.Generator, condition: str) -> dict:
+    """The rendering parameters of one line in a condition (see `render_textline`)."""
+    if condition == "train":  # a third each: like clean, like degraded, anything in between
+        pick = rng.random()
+        condition = "clean" if pick < 0.3 else "degraded" if pick < 0.6 else "wide"
+    if condition == "clean":
+        return dict(size=rng.uniform(22, 34), contrast=rng.uniform(150, 240), light=True,
+                    tint=5.0, texture="plain", amplitude=0.0, blur=rng.uniform(0, 0.7),
+                    rotation=rng.uniform(-1, 1), shear=0.0, stretch=1.0,
+                    noise=rng.uniform(0, 3), jpeg=None)
+    if condition == "degraded":
+        return dict(size=rng.uniform(13, 18), contrast=rng.uniform(35, 90),
+                    light=rng.random() < 0.8, tint=60.0,
+                    texture=str(rng.choice(["gradient", "cloudy", "ruled", "stripes"])),
+                    amplitude=rng.uniform(5, 20), blur=rng.uniform(0.2, 1.0),
+                    rotation=rng.uniform(-2, 2), shear=rng.uniform(-0.15, 0.15), stretch=1.0,
+                    noise=rng.uniform(4, 12), jpeg=int(rng.integers(25, 61)))
+    if condition == "wide":
+        return dict(size=rng.uniform(10, 40), contrast=rng.uniform(30, 250),
+                    light=rng.random() < 0.8, tint=rng.uniform(0, 80),
+                    texture=str(rng.choice(["plain", "gradient", "cloudy", "ruled",
+                                            "stripes"])),
+                    amplitude=rng.uniform(0, 25), blur=rng.uniform(0, 1.3) * (rng.random() < 0.6),
+                    rotation=rng.uniform(-3, 3), shear=rng.uniform(-0.25, 0.25),
+                    stretch=rng.uniform(0.8, 1.25), noise=rng.uniform(0, 16),
+                    jpeg=int(rng.integers(20, 95)) if rng.random() < 0.5 else None)
+    raise ValueError(f"unknown condition {condition!r}; known: {', '.join(TEXTLINE_CONDITIONS)}")
+
+
+def render_textline(rng: np.random.Generator, text: str, font_path: str,
+                    condition: str = "train") -> np.ndarray:
+    """One printed line as an RGB uint8 image (H, W, 3), cropped around the text as a line
+    detector would (font-metric height, random margins).
+
+    Conditions: "clean": text 22-34 px high (the font's pixel size), dark on light paper,
+    slight blur and rotation. "degraded": text 13-18 px high, low contrast, coloured textured
+    paper, noise, JPEG quality 25-60, blur, rotation and shear. "train": a mix of those two
+    and of wider ranges (10-40 px, light on dark, stretched glyphs, ...)."""
+    p = _condition(rng, condition)
+    size = max(6, int(round(p["size"])))
+    font = _font(font_path, size)
+    ascent, descent = font.getmetrics()
+    left, _, right, _ = font.getbbox(text, anchor="ls")
+    pad = size + 4
+    mask = Image.new("L", (right - left + 2 * pad, ascent + descent + 2 * pad), 0)
+    ImageDraw.Draw(mask).text((pad - left, pad + ascent), text, fill=255, font=font,
+                              anchor="ls")
+    if p["stretch"] != 1.0:  # condensed or extended type
+        mask = mask.resize((max(1, round(mask.width * p["stretch"])), mask.height),
+                           Image.Resampling.BILINEAR)
+    if p["shear"] or p["rotation"]:
+        middle = mask.height / 2
+        mask = mask.transform(mask.size, Image.Transform.AFFINE,
+                              (1, p["shear"], -p["shear"] * middle, 0, 1, 0),
+                              resample=Image.Resampling.BILINEAR)
+        mask = mask.rotate(p["rotation"], resample=Image.Resampling.BILINEAR)
+    ink_box = mask.getbbox() or (pad, pad, pad + 1, pad + ascent)
+    top = min(pad, ink_box[1]) - int(size * rng.uniform(0.05, 0.35))
+    bottom = max(pad + ascent + descent, ink_box[3]) + int(size * rng.uniform(0.05, 0.35))
+    x0 = ink_box[0] - int(size * rng.uniform(0.1, 0.9))
+    x1 = ink_box[2] + int(size * rng.uniform(0.1, 0.9))
+    alpha = np.asarray(mask.crop((x0, max(0, top), x1, min(mask.height, bottom))),
+                       np.float32)[..., None] / 255
+    height, width = alpha.shape[:2]
+    paper_level = rng.uniform(150 + p["contrast"] * 0.4, 255) if p["light"] else rng.uniform(
+        0, 105 - p["contrast"] * 0.4)
+    ink_level = paper_level - p["contrast"] if p["light"] else paper_level + p["contrast"]
+    ink_level = float(np.clip(ink_level, 0, 255))
+    paper = _grey_level_colour(rng, paper_level, p["tint"])
+    ink = _grey_level_colour(rng, ink_level, p["tint"] / 2)
+    image = _background(rng, height, width, paper, p["texture"], p["amplitude"])
+    image = image * (1 - alpha) + ink.astype(np.float32) * alpha
+    line = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    if p["blur"] > 0.05:
+        line = line.filter(ImageFilter.GaussianBlur(p["blur"]))
+    pixels = np.asarray(line, np.float32)
+    if p["noise"] > 0:
+        pixels = pixels + rng.normal(0, p["noise"], pixels.shape).astype(np.float32)
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    if p["jpeg"]:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=p["jpeg"])
+        pixels = np.asarray(Image.open(buffer).convert("RGB"))
+    return pixels
+
+
+def textline(seed: int, index: int, fonts: list[str] | tuple[str, ...],
+             condition: str = "train", max_chars: int = 32,
+             charset: str = TEXTLINE_CHARSET) -> tuple[np.ndarray, str]:
+    """Line number `index` of the stream `seed`: the same (image, text) on every machine and in
+    any order, since each line draws from its own generator seeded by (seed, index)."""
+    rng = np.random.default_rng([seed, index])
+    text = random_textline(rng, max_chars, charset)
+    font = fonts[int(rng.integers(len(fonts)))]
+    return render_textline(rng, text, font, condition), text
+
+
+def textline_stream(seed: int, fonts: list[str] | tuple[str, ...], condition: str = "train",
+                    max_chars: int = 32, start: int = 0, step: int = 1,
+                    charset: str = TEXTLINE_CHARSET) -> Iterator[tuple[np.ndarray, str]]:
+    """Lines start, start + step, ... of the unlimited stream `seed` (see `textline`):
+    `step` > 1 splits the stream between parallel readers without repeating a line."""
+    for index in itertools.count(start, step):
+        yield textline(seed, index, fonts, condition, max_chars, charset)
+
+
+def make_textline_set(n: int, seed: int, fonts: list[str] | tuple[str, ...],
+                      condition: str = "train", max_chars: int = 32,
+                      charset: str = TEXTLINE_CHARSET) -> tuple[list[np.ndarray], list[str]]:
+    """The first `n` lines of the stream `seed`: RGB images of their own sizes and texts."""
+    lines = [textline(seed, i, fonts, condition, max_chars, charset) for i in range(n)]
+    return [image for image, _ in lines], [text for _, text in lines]
 
 
 # ---------------------------------------------------------------------------------------------
