@@ -78,7 +78,7 @@ parser.add_argument("--test-lines", type=int, default=400,
                     help="held-out lines per condition (clean, degraded), unseen fonts")
 parser.add_argument("--max-chars", type=int, default=32, help="longest synthetic line")
 parser.add_argument("--units", type=int, default=128, help="LSTM units per direction")
-parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam, cosine)")
+parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (Adam, cosine)")
 parser.add_argument("--beam-width", type=int, default=10,
                     help="beam search width for the reported metrics (greedy is reported too)")
 parser.evaluate.add_argument("--beam-width", type=int, default=10,
@@ -296,6 +296,10 @@ class ReadingSteps(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="ocr_crnn")
 class CTCLoss(keras.layers.Layer):
     """Adds the mean CTC loss of a batch (labels padded with 0, the blank) to the model."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # the logits pass through with their mask
 
     def call(self, inputs):
         labels, logits, width = inputs
@@ -577,6 +581,8 @@ else:
 
 val_lines = [to_height(image) for image in val_images]
 val_data = batches(listed_lines(val_lines, val_texts, val_names), args.batch_size)
+val_steps = sum(1 for _ in val_data)  # batches of similar width: counted, then repeated
+val_data = val_data.repeat()
 
 
 class ValidationCER(keras.callbacks.Callback):
@@ -600,6 +606,7 @@ print(f"model: {reader.count_params():,} parameters; {total_steps:,} steps of "
 plan = callbacks.Plan(["crnn"], args.epochs, args.steps_per_epoch, what="models")
 history = trainer.fit(batches(train_lines, args.batch_size), epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, validation_data=val_data,
+                      validation_steps=val_steps,
                       verbose=callbacks.verbose(),
                       callbacks=[ValidationCER(), plan.callback("crnn"),
                                  *callbacks.standard(out, "crnn", args)])
