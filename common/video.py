@@ -167,8 +167,16 @@ def make_sequence(challenge: str, length: int = 80, image_size: int = 128, seed:
     if length < 2 or image_size < 48:
         raise UserError(f"a sequence needs at least 2 frames of at least 48x48 pixels, got "
                         f"{length} frames of {image_size}x{image_size}")
-    rng = np.random.default_rng(seed)
-    size = image_size
+    for attempt in range(20):  # a full occlusion must hide the target for a few frames
+        rng = np.random.default_rng(seed if attempt == 0 else [seed, attempt])
+        made = _render(challenge, length, image_size, rng, name or f"{challenge}_{seed}")
+        if challenge != "full_occlusion" or (~made.visible).sum() >= min(3, length // 4):
+            break
+    return made
+
+
+def _render(challenge: str, length: int, size: int, rng: np.random.Generator,
+            name: str) -> Sequence:
     background = _pattern(rng, size, str(rng.choice(["gradient", "stripes", "noise", "plain"])),
                           _colour(rng, "any"), _colour(rng, "any")) * 0.5 + 50
     for _ in range(int(rng.integers(3, 7))):  # static clutter: other shapes in other colours
@@ -221,7 +229,7 @@ def make_sequence(challenge: str, length: int = 80, image_size: int = 128, seed:
     occluders = []
     if challenge in ("partial_occlusion", "full_occlusion"):
         events = 1 if challenge == "full_occlusion" or length < 40 else 2
-        span, reach = (3, 1.1) if challenge == "full_occlusion" else (6, 1.3)
+        span, reach = (1, 0.95) if challenge == "full_occlusion" else (6, 1.3)
         candidates = [int(w * (length - 1)) for w in rng.permutation(np.linspace(0.25, 0.75, 11))]
         for i in candidates:
             if len(occluders) == events:
@@ -234,8 +242,9 @@ def make_sequence(challenge: str, length: int = 80, image_size: int = 128, seed:
                 side = rng.choice([-1, 1])
                 low[across], high[across] = sorted([middle + side * 0.3 * radius,
                                                     middle + side * 1.6 * radius])
-            start = centres[:3]  # the first frames must show the target: trackers start there
-            if ((start + margin > low) & (start - margin < high)).all(axis=1).any():
+            start = centres[:2]  # the first frames must show the target: trackers start there
+            clear = 1.2 * radius * float(scale[:2].max())
+            if ((start + clear > low) & (start - clear < high)).all(axis=1).any():
                 continue
             if any((low < h).all() and (high > lo).all() for lo, h, _ in occluders):
                 continue
@@ -247,14 +256,14 @@ def make_sequence(challenge: str, length: int = 80, image_size: int = 128, seed:
     gain, light = np.ones(length, np.float32), None
     if challenge == "illumination":  # the scene darkens and brightens; a light sweeps across
         period = rng.uniform(0.5, 1.0) * length
-        gain = 1 + 0.5 * np.sin(2 * np.pi * t / period + rng.uniform(0, 6.3))
+        gain = 1 + 0.35 * np.sin(2 * np.pi * t / period + rng.uniform(0, 6.3))
         gain = gain.astype(np.float32)
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         light = np.zeros((length, size, size), np.float32)
         start, end = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
         for k in range(length):
             spot = start + (end - start) * k / max(1, length - 1)
-            light[k] = 0.6 * np.exp(-((xx - spot[0]) ** 2 + (yy - spot[1]) ** 2)
+            light[k] = 0.4 * np.exp(-((xx - spot[0]) ** 2 + (yy - spot[1]) ** 2)
                                     / (2 * (0.25 * size) ** 2))
 
     frames, boxes, visible = [], [], []
@@ -279,7 +288,7 @@ def make_sequence(challenge: str, length: int = 80, image_size: int = 128, seed:
             frame *= gain[k] * (1 + light[k][..., None])
         frame += 3 * rng.standard_normal(frame.shape, dtype=np.float32)  # sensor noise
         frames.append(np.clip(frame, 0, 255, out=frame).astype(np.uint8))
-    return Sequence(name or f"{challenge}_{seed}", frames, np.array(boxes, np.float32),
+    return Sequence(name, frames, np.array(boxes, np.float32),
                     np.array(visible, bool), challenge)
 
 
@@ -471,3 +480,53 @@ def write_sequence(sequence: Sequence, folder: str | Path) -> Path:
     if sequence.challenge:
         (folder / "challenge.txt").write_text(sequence.challenge + "\n")
     return folder
+
+
+# ---------------------------------------------------------------- the OTB metrics
+
+OVERLAP_THRESHOLDS = np.linspace(0, 1, 21)
+PRECISION_PIXELS = np.arange(51)
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes (N, 4) x, y, w, h, row by row."""
+    x1, y1 = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    x2 = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
+    y2 = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def otb_scores(boxes: np.ndarray, truth: np.ndarray, lost_frames: int = 10) -> dict:
+    """One sequence's success curve (share of frames with overlap above each threshold),
+    precision curve (share with centre error <= 0..50 px) and failures (stretches of
+    `lost_frames` or more frames in a row with overlap 0). Frame 0 (given to the tracker)
+    and frames without ground truth (NaN) are left out."""
+    known = ~np.isnan(truth).any(axis=1)
+    known[0] = False
+    if not known.any():
+        return {"success": np.zeros(len(OVERLAP_THRESHOLDS)),
+                "precision": np.zeros(len(PRECISION_PIXELS)), "failures": 0, "frames": 0}
+    a, b = boxes[known].astype(np.float64), truth[known].astype(np.float64)
+    ious = overlap(a, b)
+    error = np.hypot(a[:, 0] + a[:, 2] / 2 - b[:, 0] - b[:, 2] / 2,
+                     a[:, 1] + a[:, 3] / 2 - b[:, 1] - b[:, 3] / 2)
+    failures, run = 0, 0
+    for value in ious:
+        run = run + 1 if value == 0 else 0
+        failures += run == lost_frames  # counted once, when the stretch reaches the length
+    return {"success": (ious[None, :] > OVERLAP_THRESHOLDS[:, None]).mean(axis=1),
+            "precision": (error[None, :] <= PRECISION_PIXELS[:, None]).mean(axis=1),
+            "failures": failures, "frames": int(known.sum())}
+
+
+def summarise(scores: list[dict]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """OTB's numbers over sequences (a list of `otb_scores`): the success and precision
+    curves averaged over the sequences that have ground truth, the AUC of the success curve
+    (the mean of its 21 points), precision at 20 px, and the failures summed."""
+    kept = [s for s in scores if s["frames"]] or scores
+    success = np.mean([s["success"] for s in kept], axis=0)
+    precision = np.mean([s["precision"] for s in kept], axis=0)
+    return ({"success_auc": float(success.mean()), "precision_20": float(precision[20]),
+             "failures": int(sum(s["failures"] for s in scores))}, success, precision)
