@@ -508,8 +508,10 @@ if args.command == "evaluate":
         raise UserError("--beam-width must be 0 (greedy) or more")
     reader = load_reader(args.model)
     lines, texts, files = load_lines(args.dataset)
+    started = time.time()
     found = read(reader, lines, (args.beam_width,), args.batch_size)[args.beam_width]
     scores = score(texts, found)
+    scores["lines_per_second"] = len(lines) / (time.time() - started)  # decoding included
     table = confusions(texts, found)
     results.write(args.out, "ocr_crnn", args.dataset, scores, time.time() - args.started,
                   vars(args), model=str(args.model), confused_characters=table)
