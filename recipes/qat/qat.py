@@ -107,6 +107,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from matplotlib.ticker import FuncFormatter
 
 from common import callbacks, data, metrics, pipeline, plots, results, saving
 
@@ -554,14 +555,16 @@ for measure, unit, name in (
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, row in enumerate(ROWS):
         value = scores[row][measure] / (1024 if measure == "size_bytes" else 1)
-        ax.scatter(value, accuracy[row], s=60, color=f"C{i}",
+        ax.scatter(value, accuracy[row], s=70, color=f"C{i}", label=row, alpha=0.85,
                    marker="s" if row in ("float", "keras_int8") else "o")
-        ax.annotate(row, (value, accuracy[row]), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(unit)
     ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(f"accuracy vs {name} ({args.dataset}; squares: Keras, circles: LiteRT)",
                  fontsize=9)
     plots.save(fig, out / f"accuracy_vs_{name}.png")
