@@ -283,6 +283,10 @@ class Watchdog:
                       "unreachable or died (see TF_CONFIG). Rerun the same command once every "
                       "worker is up: it resumes from the last checkpoint", file=sys.stderr,
                       flush=True)
+                if os.environ.get("DISTRIBUTED_DEBUG"):  # where each thread was stuck
+                    import faulthandler
+
+                    faulthandler.dump_traceback(all_threads=True)
                 os._exit(self.exit_code)
 
 
@@ -470,7 +474,7 @@ def train_custom(job, strategy, model, optimizer, ds, steps, backup_dir, write_d
             ds.x_train, ds.y_train, global_batch, job["seed"], epoch, steps))
     iterator = iter(strategy.experimental_distribute_dataset(batches))
     for epoch in range(state["epoch"], job["epochs"]):
-        total_loss, total_correct = 0.0, 0.0
+        total_loss, total_correct, epoch_started = 0.0, 0.0, time.monotonic()
         for _ in range(steps):
             loss, correct = train_step(next(iterator))
             loss = float(loss)  # waits for the step (and its all-reduce) to finish
@@ -487,7 +491,12 @@ def train_custom(job, strategy, model, optimizer, ds, steps, backup_dir, write_d
             tmp.write_text(json.dumps(state))
             tmp.replace(state_file)
         print(f"epoch {epoch + 1}/{job['epochs']}: loss {state['epoch_loss'][-1]:.4f}, "
-              f"accuracy {state['epoch_accuracy'][-1]:.4f}", flush=True)
+              f"accuracy {state['epoch_accuracy'][-1]:.4f} ({time.monotonic() - epoch_started:.1f} s)",
+              flush=True)
+    # the input pipeline's iterator is released here, under a label of its own: on a busy
+    # machine tearing down its background threads can take a while
+    watchdog.alive("releasing the input pipeline", max(job["timeout"], 600))
+    del iterator, batches
     return {"losses": state["losses"], "epoch_loss": state["epoch_loss"],
             "epoch_accuracy": state["epoch_accuracy"], "resumed_from_epoch": resumed_from,
             "final_loss": state["epoch_loss"][-1]}
