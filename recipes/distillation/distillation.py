@@ -446,12 +446,14 @@ print(f"\ndistilled (T={args.temperature:g}, alpha={args.alpha:g}) {verdict['tes
 # %%
 order_rows = ["teacher", "scratch", "distilled", "feature_distilled"]
 fig, ax = plt.subplots(figsize=(6.4, 3.8))
-ax.bar(order_rows, [rows[r]["test_accuracy"] for r in order_rows], yerr=[rows[r]["test_accuracy_std"] or 0 for r in order_rows],
-       capsize=6, color=[f"C{i}" for i in range(4)])
+means = [rows[r]["test_accuracy"] for r in order_rows]
+ax.bar(order_rows, means, color=[f"C{i}" for i in range(4)])
+ax.errorbar(order_rows[1:], means[1:], yerr=[rows[r]["test_accuracy_std"] or 0 for r in order_rows[1:]],
+            fmt="none", ecolor="black", capsize=6)
 for i, r in enumerate(order_rows):
-    ax.text(i, rows[r]["test_accuracy"] / 2, f"{rows[r]['test_accuracy']:.3f}\n{rows[r]['params'] / 1000:.0f}k params",
-            ha="center", fontsize=8, color="white")
-ax.set(ylabel="test accuracy", ylim=(0, 1), title=f"{args.dataset}, {args.labels_per_class} labels per class "
+    top = means[i] + (rows[r]["test_accuracy_std"] or 0)
+    ax.text(i, top + 0.02, f"{means[i]:.3f}\n{rows[r]['params'] / 1000:.0f}k params", ha="center", fontsize=8)
+ax.set(ylabel="test accuracy", ylim=(0, 1.1), title=f"{args.dataset}, {args.labels_per_class} labels per class "
        f"(mean ± std over {len(seeds)} seeds; teacher: 1 run)")
 ax.title.set_fontsize(9)
 plots.save(fig, out / "rows.png")
@@ -465,12 +467,14 @@ for ax, (title, sweep, xs) in zip(axes, (("temperature T", "temperature_sweep", 
     ax.axhline(mean, color="C1", label="scratch (± std)")
     ax.axhspan(mean - std, mean + std, color="C1", alpha=0.15)
     ax.axhline(teacher_accuracy, color="C0", linestyle="--", label="teacher")
-    ax.set(xlabel=title, xscale="log" if sweep == "temperature_sweep" else "linear", xticks=xs)
-    ax.set_xticklabels([f"{v:g}" for v in xs])
+    if sweep == "temperature_sweep":
+        ax.set_xscale("log", base=2)
+    ax.minorticks_off()  # only the swept values are labelled
+    ax.set(xlabel=title, xticks=xs, xticklabels=[f"{v:g}" for v in xs])
     ax.grid(alpha=0.3)
 axes[0].set(ylabel="test accuracy", title=f"alpha = {args.alpha:g}")
 axes[1].set(title=f"T = {args.temperature:g}")
-axes[0].legend(fontsize=8)
+axes[0].legend(fontsize=8, loc="best")
 plots.save(fig, out / "sweeps.png")
 
 teacher_logits = teacher.predict(ds.x_test[:4].astype("float32"), verbose=0)
