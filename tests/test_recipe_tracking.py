@@ -50,7 +50,7 @@ def test_smoke_scores_every_tracker_overall_and_per_challenge(tracking_run):
                 "tracked_frames.png"):
         assert (out / png).stat().st_size > 5000, png
     with Image.open(out / "tracked.gif") as gif:
-        assert gif.n_frames == 16  # the smoke videos' length
+        assert gif.n_frames == 24  # the smoke test videos' length
 
 
 def test_predict_prints_one_json_box_per_frame_from_a_folder_and_a_video(

@@ -748,17 +748,17 @@ def frames_to_track():
         yield str(file), frames[i]
 
 
-if args.command == "predict":
-    embedding, config = load_tracker(args.model)
+if args.command == "predict":  # the input is checked before the model is loaded
     init = video.parse_box(args.init, "--init")
     if args.draw and Path(args.draw).suffix.lower() != ".gif":
         raise UserError(f"--draw {args.draw}: give a file name ending in .gif")
-    tracker = SiameseTracker(embedding, config, config["update_rate"],
-                             config["occlusion_threshold"])
-    drawn, boxes, hidden = [], [], []
+    drawn = []
     for i, (name, frame) in enumerate(frames_to_track()):
         if i == 0:
             video.check_box(init, frame.shape, "--init")
+            embedding, config = load_tracker(args.model)
+            tracker = SiameseTracker(embedding, config, config["update_rate"],
+                                     config["occlusion_threshold"])
             tracker.init(frame, init)
             box, peak, gone = init, None, False
         else:
@@ -773,8 +773,8 @@ if args.command == "predict":
     raise SystemExit
 
 if args.command == "evaluate":
-    embedding, config = load_tracker(args.model)
     _, _, sequences = load_videos(args.dataset, evaluate=True)
+    embedding, config = load_tracker(args.model)
     variants = {"siamese": {"update_rate": config["update_rate"],
                             "threshold": config["occlusion_threshold"]}}
     scores, curves, _ = evaluate_all(embedding, config, sequences, None, variants)
