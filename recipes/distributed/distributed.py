@@ -262,11 +262,14 @@ print(f"trained on {main['devices']}: final loss {main['final_loss']:.4f}, test 
 # With the same seed, initial weights and global batches, three runs of the custom loop should
 # give the same loss at every step: on one device (no strategy), with `MirroredStrategy` over
 # two devices, and with `MultiWorkerMirroredStrategy` over two worker processes. They differ
-# only in the order of float32 additions (each replica sums half the batch), a relative error
-# of about 1e-7 per step that training can amplify a little; we allow 1e-3.
+# only in the order of float32 additions (each replica sums its half of the batch first): at
+# the first step, from the same weights, that is a difference of about 1e-7, and we allow
+# 1e-5, which a real mistake (batch statistics per replica, a loss divided by the per-replica
+# batch) exceeds by far. Training then amplifies such tiny differences step after step (SGD
+# with momentum is sensitive to its starting point), so over the whole curve we allow 1e-2.
 
 # %%
-EQUIVALENCE_TOLERANCE = 1e-3
+EQUIVALENCE_TOLERANCE, FIRST_STEP_TOLERANCE = 1e-2, 1e-5
 steps_each = -(-args.equivalence_steps // equivalence_epochs)  # 3 epochs of this many steps
 equivalence_global = 2 * (global_batch // replicas)  # 2 replicas of the per-replica batch
 equivalence = {}
@@ -291,7 +294,8 @@ max_loss_diff = max(loss_diff.values())
 first_step_diff = max(abs(curves[name][0] - curves["none"][0]) for name in loss_diff)
 print(f"max per-step loss difference from one device over {len(curves['none'])} steps: "
       + ", ".join(f"{k} {v:.2e}" for k, v in loss_diff.items())
-      + f" (tolerance {EQUIVALENCE_TOLERANCE:g}); at the first step {first_step_diff:.1e}")
+      + f" (tolerance {EQUIVALENCE_TOLERANCE:g}); at the first step {first_step_diff:.1e} "
+      f"(tolerance {FIRST_STEP_TOLERANCE:g})")
 
 # %%
 fig, axes = plots.plt.subplots(1, 2, figsize=(11, 3.6))
@@ -436,6 +440,7 @@ results = {
     "final_loss": main["final_loss"],
     "equivalence": {"max_loss_diff": max_loss_diff, "tolerance": EQUIVALENCE_TOLERANCE,
                     "steps": len(curves["none"]), "first_step_loss_diff": first_step_diff,
+                    "first_step_tolerance": FIRST_STEP_TOLERANCE,
                     **{f"{k}_max_loss_diff": v for k, v in loss_diff.items()}},
     "resume": {"final_metric_diff": max(r["final_metric_diff"] for r in resume.values()),
                "tolerance": RESUME_TOLERANCE, **resume},
