@@ -120,8 +120,8 @@ out = Path(args.out)
 # the model's own scale and zero point, the output dequantized the same way. For accuracy the
 # batch dimension is resized to score many images per call; latency is measured at batch 1,
 # in a fresh process per model that imports only the LiteRT runtime, so that its peak memory
-# (the rise of the process's maximum resident set size while loading and running the model)
-# belongs to that model alone.
+# (how far the process's resident set size rises while loading and running the model) belongs
+# to that model alone.
 
 
 # %%
@@ -568,8 +568,10 @@ for measure, unit, name in (
     ax.set_title(f"accuracy vs {name} ({args.dataset}; squares: Keras, circles: LiteRT)",
                  fontsize=9)
     plots.save(fig, out / f"accuracy_vs_{name}.png")
-plots.training_curves({"float": record["history"], "qat": qat_history.history},
-                      out / "training_curves.png", title="float training, then QAT fine-tuning")
+float_epochs = len(record["history"]["loss"])  # QAT's epochs are drawn after the float ones
+plots.training_curves({"float": record["history"], "qat": {
+    key: [np.nan] * float_epochs + values for key, values in qat_history.history.items()}},
+    out / "training_curves.png", title="float training, then QAT fine-tuning")
 plots.confusion_matrix(y_test, qat_predicted, names, out / "confusion_qat_int8.png",
                        title=f"qat_int8: test accuracy {accuracy['qat_int8']:.3f}")
 
