@@ -65,8 +65,10 @@ def test_predict_and_evaluate_the_saved_student(smoke_run, run_here, tmp_path):
     lines = [line.split("\t") for line in done.stdout.strip().splitlines()]
     assert [line[0] for line in lines] == files
     assert all(line[1] in synthetic.SHAPES for line in lines)
+    xt, yt = synthetic.make_shapes(30, image_size=32, seed=6)  # a small npz: fast to load
+    np.savez(tmp_path / "shapes.npz", x_train=xt, y_train=yt, x_test=xt, y_test=yt)
     done = run_here("distillation", "evaluate", "--model", str(out / "model.keras"),
-                    "--dataset", "synthetic:shapes", "--out", str(tmp_path / "ev"))
+                    "--dataset", f"npz:{tmp_path / 'shapes.npz'}", "--out", str(tmp_path / "ev"))
     assert done.returncode == 0, done.stderr
     scores = json.loads((tmp_path / "ev" / "results.json").read_text())["metrics"]
     assert 0 <= scores["test_accuracy"] <= 1 and scores["balanced_accuracy"] >= 0
