@@ -111,11 +111,11 @@ def test_evaluate_on_a_folder_and_a_coco_file_and_refuses_foreign_class_ids(unet
     assert bad.returncode == 2 and "--num-classes 5" in bad.stderr
 
 
-def test_deeplabv3_trains_on_a_coco_file_painted_into_class_maps(tmp_path):
+def test_deeplabv3_trains_on_a_coco_file_with_full_mask_aware_augmentation(tmp_path):
     coco = export_coco.export(data.load("synthetic:scenes", seed=4, num_examples=40),
                               tmp_path / "coco", "all")
     results = smoke("segmentation", tmp_path / "out", "--model", "deeplabv3", "--loss", "ce",
-                    "--dataset", f"coco:{coco}")
+                    "--augment", "full", "--dataset", f"coco:{coco}")
     m = results["metrics"]
     assert m["model"] == "deeplabv3" and m["image_size"] == 64 and list(m["iou"]) == CLASSES
     assert 0 <= m["mean_iou"] <= 1 and set(m) >= {"ce", "foreground_mean_iou"}
