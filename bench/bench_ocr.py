@@ -3,16 +3,17 @@
     make ocr_crnn                                  # trains, writes runs/ocr_crnn/heldout/
     apt-get install tesseract-ocr                  # Debian's Tesseract 5 (English model)
     .venv/bin/python bench/bench_ocr.py            # both engines, both conditions, a table
-    .venv/bin/python bench/bench_ocr.py --run runs/ocr_long --tesseract-only
+    .venv/bin/python bench/bench_ocr.py --run runs/ocr_long --skip-ours
 
 The lines: runs/ocr_crnn/heldout/{clean,degraded}/ (PNG + labels.tsv), rendered by the
 training run in the two font families it never trained on (Caladea, Lato). Clean: text 22-34
 px high, dark on light; degraded: 13-18 px, low contrast, coloured textured paper, noise,
 blur, rotation and shear, JPEG quality 25-60.
 
-- Ours: `python -m recipes.ocr_crnn evaluate` on each labels.tsv, greedy and beam search;
-  lines/s is the recipe's own timing of reading (batched, decoding included, model load
-  excluded).
+- Ours: the scores the training run wrote for these very lines (RUN/results.json: beam
+  search and greedy), and the reading speed of one `python -m recipes.ocr_crnn evaluate`
+  per condition (greedy, batches of 64; the recipe times reading and decoding, not the
+  model load). `--rescore` scores ours again through `evaluate` (beam search too).
 - Tesseract: one `tesseract LIST stdout --psm 7` process per condition (LIST: the image
   paths, one a line; psm 7 = "treat the image as a single text line"), its default LSTM
   English model; lines/s over the whole call (model load included: a fraction of a second).
@@ -20,7 +21,12 @@ blur, rotation and shear, JPEG quality 25-60.
   quotes to straight ones, en and em dashes to '-', surrounding whitespace stripped, runs of
   spaces to one.
 
-Both are scored here the same way: CER (character edit distance / reference characters),
+- EasyOCR (when bench/out/.venv-easyocr exists: `python3 -m venv bench/out/.venv-easyocr &&
+  bench/out/.venv-easyocr/bin/pip install -r bench/requirements-easyocr.txt`): its English
+  recogniser on each whole line image (bench/easyocr_lines.py), the same normalisation as
+  Tesseract's output; lines/s without the model load.
+
+All are scored here the same way: CER (character edit distance / reference characters),
 WER, line accuracy (exact match). Writes bench/out/ocr_vs_tesseract.json and prints a table.
 """
 
@@ -91,6 +97,20 @@ def tesseract(files: list[Path]) -> tuple[list[str], float, float]:
     return texts, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+EASYOCR = ROOT / "bench" / "out" / ".venv-easyocr" / "bin" / "python"
+
+
+def easyocr(labels: Path) -> tuple[list[str], float]:
+    """Texts read by EasyOCR (in its own venv) and its reading seconds."""
+    result = OUT / "ocr_easyocr.json"
+    done = subprocess.run([str(EASYOCR), str(ROOT / "bench" / "easyocr_lines.py"), str(labels),
+                           str(result)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"error: EasyOCR exited {done.returncode}: {done.stderr[-2000:]}")
+    found = json.loads(result.read_text())
+    return [" ".join(t.translate(TYPOGRAPHY).split()) for t in found["texts"]], found["seconds"]
+
+
 def ours(model: Path, labels: Path, beam_width: int, out: Path) -> dict:
     command = [sys.executable, "-m", "recipes.ocr_crnn", "evaluate", "--model", str(model),
                "--dataset", f"lines:{labels}", "--beam-width", str(beam_width), "--out",
@@ -107,7 +127,10 @@ def main() -> None:
     parser.add_argument("--run", default="runs/ocr_crnn",
                         help="a training run's --out: its model.keras and heldout/")
     parser.add_argument("--beam-width", type=int, default=10)
-    parser.add_argument("--tesseract-only", action="store_true")
+    parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--skip-easyocr", action="store_true")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score ours through evaluate instead of reading RUN/results.json")
     args = parser.parse_args()
     run = ROOT / args.run
     if not (run / "heldout" / "clean" / "labels.tsv").is_file():
@@ -124,11 +147,23 @@ def main() -> None:
         texts, wall, cpu = tesseract(files)
         rows = {"tesseract_psm7": {**score(refs, texts), "lines_per_second": len(files) / wall,
                                    "cpu_seconds": cpu}}
-        if not args.tesseract_only:
-            for name, beam in (("ours_greedy", 0), ("ours_beam", args.beam_width)):
-                m = ours(run / "model.keras", labels, beam, OUT / f"ocr_{name}_{condition}")
-                rows[name] = {k: m[k] for k in ("cer", "wer", "line_accuracy", "lines",
-                                                "lines_per_second")}
+        if EASYOCR.is_file() and not args.skip_easyocr:
+            texts_easy, seconds = easyocr(labels)
+            rows["easyocr"] = {**score(refs, texts_easy), "lines_per_second": len(files) / seconds}
+            (OUT / f"ocr_easyocr_{condition}.tsv").write_text("".join(
+                f"{f.name}\t{r}\t{t}\n" for f, r, t in zip(files, refs, texts_easy)))
+        if not args.skip_ours:
+            trained = json.loads((run / "results.json").read_text())["metrics"]
+            greedy = ours(run / "model.keras", labels, 0, OUT / f"ocr_ours_greedy_{condition}")
+            beam = (ours(run / "model.keras", labels, args.beam_width,
+                         OUT / f"ocr_ours_beam_{condition}") if args.rescore else
+                    {**trained[condition], "lines_per_second": None})
+            if not args.rescore:
+                greedy = {**trained[f"greedy_{condition}"],
+                          "lines_per_second": greedy["lines_per_second"]}
+            keys = ("cer", "wer", "line_accuracy", "lines", "lines_per_second")
+            rows["ours_greedy"] = {k: greedy[k] for k in keys}
+            rows[f"ours_beam{trained['beam_width']}"] = {k: beam[k] for k in keys}
         report["conditions"][condition] = rows
         (OUT / f"ocr_tesseract_{condition}.tsv").write_text("".join(
             f"{f.name}\t{r}\t{t}\n" for f, r, t in zip(files, refs, texts)))
@@ -138,8 +173,9 @@ def main() -> None:
           f"{'lines/s':>8}")
     for condition, rows in report["conditions"].items():
         for engine, m in rows.items():
+            speed = "-" if m["lines_per_second"] is None else f"{m['lines_per_second']:.1f}"
             print(f"{condition:<10} {engine:<16} {m['cer']:>7.4f} {m['wer']:>7.4f} "
-                  f"{m['line_accuracy']:>9.3f} {m['lines_per_second']:>8.1f}")
+                  f"{m['line_accuracy']:>9.3f} {speed:>8}")
     print(f"wrote {OUT / 'ocr_vs_tesseract.json'}")
 
 
