@@ -158,7 +158,9 @@ def job(name: str, **changes) -> dict:
 
 main_loop = "fit" if args.strategy in ("none", "mirrored") else "custom"
 dataset_for_workers = args.dataset if cluster_worker else f"npz:{out / 'data.npz'}"
-main_job = job("", loop=main_loop, strategy=args.strategy, save_model=True)
+# the local workers read an npz, whose classes are numbered: the model keeps the real names
+main_job = job("", loop=main_loop, strategy=args.strategy, save_model=True,
+               class_names=ds.class_names)
 main_job["out"] = str(out)
 # a checkpoint of another model or run in OUT/backup is refused now, before any training
 if not cluster_worker or worker.is_chief():

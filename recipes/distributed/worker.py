@@ -44,6 +44,7 @@ JOB = {
     "timeout": 60,  # seconds a worker waits for its peers before it gives up
     "out": "runs/distributed/worker",
     "save_model": False,
+    "class_names": None,  # saved beside the model (default: the dataset's)
 }
 
 PEER_LOST = 3  # exit code of a worker whose peer died mid-run
@@ -381,7 +382,7 @@ def _train(job: dict, strategy, ds, steps: int, watchdog: Watchdog,
     if chief and job["save_model"]:
         from common.saving import save_classifier
 
-        save_classifier(model, out, ds.class_names)
+        save_classifier(model, out, job["class_names"] or ds.class_names)
     if chief:
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.json").write_text(json.dumps(record, default=float) + "\n")
