@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 WIDTH, BLOCKS = 32, (2, 2, 2, 2)  # ResNet-18's stages at half its width (64)
 # per-replica batch and timed steps per image size: enough work to time, little enough for 2 cores
-SETTINGS = {32: {"batch": 32, "steps": 8}, 224: {"batch": 8, "steps": 3}}
+SETTINGS = {32: {"batch": 32, "steps": 6}, 224: {"batch": 8, "steps": 3}}
 
 
 def cpu_name() -> str:

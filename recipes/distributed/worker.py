@@ -6,7 +6,7 @@ launcher that starts N worker processes on this machine, one TF_CONFIG each.
 
 A job is a JSON dict (`JOB` lists its keys). Every worker of a cluster runs the same job; the
 chief (task 0) writes `OUT/history.json` and, when asked, `OUT/model.keras`. Exit codes: 0 done,
-2 bad input (TF_CONFIG, batch, a checkpoint of another run, peers unreachable at the start),
+2 bad input (TF_CONFIG, batch, a checkpoint of another run),
 3 a peer was lost during training (rerun the same command: it resumes from the last checkpoint).
 """
 
