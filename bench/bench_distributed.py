@@ -81,9 +81,9 @@ def one_cpu_config(size: int, replicas: int, xla: bool) -> dict:
             "load_average_1min_at_end": round(os.getloadavg()[0], 2)}
 
 
-def cpu_bench() -> dict:
+def cpu_bench(sizes=(32, 224)) -> dict:
     rows = []
-    for size in (32, 224):
+    for size in sizes:
         for replicas in (1, 2):
             for xla in (False, True):
                 done = subprocess.run(
@@ -103,7 +103,8 @@ def cpu_bench() -> dict:
     return {"bench": "distributed", "backend": "tensorflow", "tensorflow": tf.__version__,
             "model": f"ResNet-18 layout {BLOCKS}, width {WIDTH}",
             "device": f"CPU: {cpu_name()} x{os.cpu_count()} (logical devices share the cores)",
-            "command": "python bench/bench_distributed.py", "rows": rows}
+            "command": " ".join(["python bench/bench_distributed.py", *sys.argv[1:]]),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2), "rows": rows}
 
 
 def gpu_bench() -> dict:
@@ -169,13 +170,15 @@ def _train_step_flops(model, x, y) -> float | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu", action="store_true", help="JAX backend on a GPU machine")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 224], choices=[32, 224],
+                   help="image sizes to measure on the CPU")
     p.add_argument("--one", nargs=3, type=int, metavar=("SIZE", "REPLICAS", "XLA"),
                    help=argparse.SUPPRESS)  # one CPU configuration, in its own process
     args = p.parse_args()
     if args.one:
         print(json.dumps(one_cpu_config(args.one[0], args.one[1], bool(args.one[2]))))
         return
-    record = gpu_bench() if args.gpu else cpu_bench()
+    record = gpu_bench() if args.gpu else cpu_bench(args.sizes)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "distributed_gpu_jax.json" if args.gpu else "distributed_cpu.json"
     (RESULTS / name).write_text(json.dumps(record, indent=2) + "\n")
