@@ -412,6 +412,10 @@ def barrier(strategy) -> None:
 
     if strategy.extended._in_multi_worker_mode():  # noqa: SLF001 - no public equivalent
         all_reduce_one()
+        # the all-reduce completes on one worker while a peer may still be receiving its last
+        # buffer: leaving at once closes the socket under it ("RecvBuf: Socket closed"), seen
+        # on a loaded machine; a short wait lets every peer finish before anyone exits
+        time.sleep(3)
 
 
 def train_custom(job, strategy, model, optimizer, ds, steps, backup_dir, write_dir, watchdog):

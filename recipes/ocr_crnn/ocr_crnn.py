@@ -33,6 +33,7 @@
 # unset: the defaults).
 
 # %%
+# Setup: make `common` importable. From a clone: go to the repository root (outputs land in
 # runs/). In Colab: clone the repository named by CNN_RECIPES_REPO and install its pinned stack.
 import os
 import subprocess
