@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,3 +162,15 @@ def pytest_xdist_make_scheduler(config, log):
             return grouped.get((Path(path).name, rest.split("[")[0]), nodeid)
 
     return SharedFixtureScheduling(config, log)
+
+
+def stripe_classes(n_per_class: int, shape: tuple, seed: int):
+    """A tiny real-looking classification set: class c is a noisy pattern (horizontal,
+    vertical, diagonal stripes or a checkerboard); uint8 grayscale (N, H, W) and labels."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), n_per_class)
+    r, c = np.mgrid[: shape[0], : shape[1]]
+    patterns = np.stack([np.sin(1.2 * r), np.sin(1.2 * c), np.sin(0.9 * (r + c)),
+                         np.sin(1.2 * r) * np.sin(1.2 * c)])
+    x = 128 + 90 * patterns[y] + rng.normal(0, 20, (len(y), *shape))
+    return np.clip(x, 0, 255).astype(np.uint8), y

@@ -5,7 +5,7 @@ import ast
 import json
 
 import numpy as np
-from conftest import ROOT, run_notebook, run_recipe, smoke
+from conftest import ROOT, run_notebook, run_recipe, smoke, stripe_classes
 from PIL import Image
 
 RECIPE = ROOT / "recipes" / "imbalance" / "imbalance.py"
@@ -22,20 +22,9 @@ def recipe_constant(name):
 METHODS = recipe_constant("METHODS")
 
 
-def _stripe_classes(n_per_class, shape, seed):
-    """Class c is a noisy pattern: horizontal, vertical, diagonal stripes or a checkerboard."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(4), n_per_class)
-    r, c = np.mgrid[: shape[0], : shape[1]]
-    patterns = np.stack([np.sin(1.2 * r), np.sin(1.2 * c), np.sin(0.9 * (r + c)),
-                         np.sin(1.2 * r) * np.sin(1.2 * c)])
-    x = 128 + 90 * patterns[y] + rng.normal(0, 20, (len(y), *shape))
-    return np.clip(x, 0, 255).astype(np.uint8), y
-
-
 def _four_npz(path):
-    x, y = _stripe_classes(80, (18, 23), seed=0)  # grayscale (N, H, W), odd sizes
-    xt, yt = _stripe_classes(25, (18, 23), seed=1)
+    x, y = stripe_classes(80, (18, 23), seed=0)  # grayscale (N, H, W), odd sizes
+    xt, yt = stripe_classes(25, (18, 23), seed=1)
     np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
     return path
 

@@ -6,27 +6,16 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_notebook
+from conftest import run_notebook, stripe_classes
 from PIL import Image
 
 ROWS = ("float", "float_tflite", "ptq_dynamic", "ptq_int8", "qat_int8", "keras_int8")
 CLASSES = ["horizontal", "vertical", "diagonal", "checker"]
 
 
-def _stripes(n_per_class, shape, seed):
-    """Class c is a noisy pattern: horizontal, vertical, diagonal stripes or a checkerboard."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(4), n_per_class)
-    r, c = np.mgrid[: shape[0], : shape[1]]
-    patterns = np.stack([np.sin(1.2 * r), np.sin(1.2 * c), np.sin(0.9 * (r + c)),
-                         np.sin(1.2 * r) * np.sin(1.2 * c)])
-    x = 128 + 90 * patterns[y] + rng.normal(0, 20, (len(y), *shape))
-    return np.clip(x, 0, 255).astype(np.uint8), y
-
-
 def _npz(path, shape=(20, 20)):
-    x, y = _stripes(100, shape, seed=0)  # grayscale (N, H, W)
-    xt, yt = _stripes(30, shape, seed=1)
+    x, y = stripe_classes(100, shape, seed=0)  # grayscale (N, H, W)
+    xt, yt = stripe_classes(30, shape, seed=1)
     np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
     return path
 
