@@ -1,9 +1,9 @@
 # CNN recipes for Keras 3 / TensorFlow. `make NAME ARGS="--epochs 5"` runs one recipe.
 PY := .venv/bin/python
-RECIPES := feature_extraction backprop transfer_learning embeddings augmentation imbalance detection segmentation instance_segmentation distillation qat distributed ocr_crnn tracking
+RECIPES := feature_extraction backprop transfer_learning embeddings augmentation imbalance detection segmentation instance_segmentation distillation qat distributed ocr_crnn tracking frameworks
 ARGS ?=
 
-.PHONY: install test lint notebooks bench bench-yolo-env clean pretrain $(RECIPES)
+.PHONY: install test lint notebooks bench bench-yolo-env clean pretrain frameworks-deps $(RECIPES)
 
 install: .venv/.installed
 
@@ -16,8 +16,16 @@ install: .venv/.installed
 	.venv/bin/pip install -q --no-deps -e .
 	touch $@
 
+# JAX, the PyTorch CPU build and onnxruntime for recipes/frameworks, into the same .venv (Keras 3
+# picks its backend per process with KERAS_BACKEND), never in requirements.txt.
+frameworks-deps: .venv/.frameworks-installed
+
+.venv/.frameworks-installed: requirements-frameworks.txt .venv/.installed
+	.venv/bin/pip install -q -r requirements.txt -r requirements-frameworks.txt
+	touch $@
+
 # Unit tests, one smoke run per recipe, notebook sync and notebook execution (smoke mode).
-test: install
+test: install frameworks-deps
 	$(PY) -m pytest -n 2 --durations=15 tests
 
 lint: install
@@ -49,6 +57,8 @@ bench/.venv-yolo/.installed: bench/requirements-ultralytics.txt
 
 $(RECIPES): install
 	$(PY) -m recipes.$@ $(ARGS)
+
+frameworks: frameworks-deps
 
 # Rebuild the generic backbone that ships in common/weights/ (see recipes/pretrain/README.md).
 pretrain: install

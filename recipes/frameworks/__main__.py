@@ -1,0 +1,3 @@
+from common.cli import run_script
+
+run_script(__file__, "frameworks.py")

@@ -1,0 +1,77 @@
+"""Timing and memory helpers shared by the framework runs; imports no framework, so that each
+run's memory is its own framework's."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads: comparable when the machine is shared."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def latency_ms(predict, images, repeats: int) -> float:
+    """Median milliseconds of one batch-1 call, over `repeats` images, after 3 warm-up calls."""
+    for i in range(3):
+        predict(images[i:i + 1])
+    times = []
+    for i in range(repeats):
+        j = i % len(images)
+        start = time.perf_counter()
+        predict(images[j:j + 1])
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def throughput(predict, images, batch: int = 256, repeats: int = 3) -> float:
+    """Images per second of batch-`batch` inference (after one warm-up call)."""
+    block = np.resize(images, (batch, *images.shape[1:]))  # repeats images if there are fewer
+    predict(block)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict(block)
+    return batch * repeats / (time.perf_counter() - start)
+
+
+def size_kb(path: Path) -> float:
+    """Size of a file, or of all files in a folder (a SavedModel)."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1024
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one short line, for the results of a mode or format that fails."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+
+
+def marked_code(path: Path) -> list[str]:
+    """The model and training lines between the markers of a framework script."""
+    lines = Path(path).read_text().splitlines()
+    marks = [i for i, s in enumerate(lines) if s.startswith("# ---- model and training code")]
+    return lines[marks[0] + 1:marks[1]]
+
+
+def code_lines(lines: list[str]) -> int:
+    """Lines of code, without blank lines, comments and docstrings."""
+    count, in_docstring = 0, False
+    for line in (s.strip() for s in lines):
+        if in_docstring:
+            in_docstring = not line.endswith('"""')
+        elif line.startswith('"""'):
+            in_docstring = not (len(line) > 3 and line.endswith('"""'))
+        elif line and not line.startswith("#"):
+            count += 1
+    return count
