@@ -143,6 +143,20 @@ def test_predict_and_evaluate_refuse_what_they_cannot_read(ocr_run, run_here, tm
     assert done.returncode == 2 and "cannot load model" in done.stderr
 
 
+def test_the_default_reader_is_the_small_one_and_bad_sizes_are_refused(ocr_run, run_here):
+    import keras
+
+    out, results = ocr_run
+    reader = keras.saving.load_model(out / "model.keras")
+    lstms = [layer for layer in reader.layers if isinstance(layer, keras.layers.Bidirectional)]
+    assert len(lstms) == results["args"]["rnn_layers"] == 1
+    assert results["metrics"]["params"] == reader.count_params() < 500_000
+    for flag in ("--rnn-layers", "--units", "--steps-per-epoch"):
+        done = run_here("ocr_crnn", "--smoke", flag, "0", "--out", str(out.parent / "bad"))
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"{flag} must be at least 1" in done.stderr, done.stderr
+
+
 def test_the_stream_is_deterministic_and_the_unseen_fonts_stay_out_of_training():
     train, unseen = synthetic.textline_font_split()
     assert unseen and not {f.split("/")[-1].split("-")[0] for f in train} & set(
