@@ -90,8 +90,14 @@ def cpu_bench(sizes=(32, 224)) -> dict:
                     [sys.executable, __file__, "--one", str(size), str(replicas), str(int(xla))],
                     cwd=ROOT, capture_output=True, text=True, timeout=1800,
                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-                if done.returncode:
-                    raise SystemExit(f"{size} {replicas} {xla} failed:\n{done.stderr[-3000:]}")
+                if done.returncode:  # recorded, not fatal: XLA under MirroredStrategy on
+                    # logical CPU devices fails on this stack, and that is a finding too
+                    error = [line for line in done.stderr.splitlines() if "Error" in line]
+                    rows.append({"image_size": size, "replicas": replicas, "xla": xla,
+                                 "error": (error or done.stderr.splitlines() or ["?"])[-1][:400]})
+                    print(f"{size:>4}x{size:<4} replicas {replicas}  {'XLA' if xla else 'f32':<4}"
+                          f" failed: {rows[-1]['error'][:200]}", flush=True)
+                    continue
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 print(f"{size:>4}x{size:<4} replicas {replicas}  {'XLA' if xla else 'f32':<4}"
                       f" {row['images_per_s']:>8.1f} images/s  (wall {row['wall_s']} s, "

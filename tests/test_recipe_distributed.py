@@ -4,10 +4,13 @@ run and one of two workers and resumes both; predict / evaluate on the saved mod
 (TF_CONFIG, batch, someone else's checkpoint) refused with exit code 2."""
 
 import json
+import subprocess
+import sys
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
-from conftest import smoke
+from conftest import ENV, ROOT, smoke
 from PIL import Image
 
 from common import synthetic
@@ -29,10 +32,13 @@ def test_two_workers_learn_and_match_one_device_step_by_step(workers_run):
     history = json.loads((out / "history.json").read_text())  # written by the chief
     assert history["replicas"] == 2 and len(history["epoch_loss"]) == 2
     eq = m["equivalence"]
-    assert eq["steps"] == 6 and eq["tolerance"] == 1e-2 and eq["first_step_tolerance"] == 1e-5
-    assert eq["first_step_loss_diff"] <= eq["first_step_tolerance"]  # the same arithmetic
+    assert eq["steps"] == 6 and eq["precision"] == "float64" and eq["tolerance"] == 1e-9
+    # float64: the distributed step computes what one device computes, up to rounding
     assert eq["max_loss_diff"] == max(eq["mirrored_max_loss_diff"],
                                       eq["multiworker_max_loss_diff"]) <= eq["tolerance"]
+    # float32: the same at the first step; afterwards rounding is amplified (not asserted)
+    assert eq["float32_first_step_loss_diff"] <= eq["float32_first_step_tolerance"] == 1e-5
+    assert eq["float32_max_loss_diff"] >= eq["float32_first_step_loss_diff"]
     curves = {name: json.loads((out / "equivalence" / name / "history.json").read_text())
               for name in ("none", "mirrored", "multiworker")}
     assert len(curves["mirrored"]["devices"]) == 2  # two replicas, really
@@ -59,11 +65,17 @@ def test_sigkilled_runs_resume_to_the_same_final_metric(workers_run):
     assert one["final_loss_diff"] < 1e-3 and two["final_loss_diff"] < 1e-3
 
 
-def test_model_parallel_layouts_exist_but_are_not_applied_on_tensorflow(workers_run):
+def test_model_parallel_layouts_are_ignored_on_tensorflow_and_split_on_jax(workers_run):
     _, results = workers_run
     mp = results["metrics"]["model_parallel"]
     assert mp["variables_with_layout"] >= 5  # every conv and dense kernel got a layout
-    assert mp["variables_split"] == 0  # the TensorFlow backend ignores it (JAX would split)
+    assert mp["variables_split"] == 0  # the TensorFlow backend ignores it
+    if find_spec("jax") is None:  # make test installs it (make frameworks-deps)
+        assert mp["jax"] is None
+    else:  # the same layouts on the JAX backend split every kernel across 2 devices
+        assert mp["jax"]["backend"] == "jax" and len(mp["jax"]["devices"]) == 2
+        assert mp["jax"]["variables_split"] == mp["jax"]["variables_with_layout"] >= 5
+        assert np.isfinite(mp["jax"]["fit_loss"])
 
 
 def test_predict_and_evaluate_the_saved_model(workers_run, run_here, tmp_path):
@@ -139,3 +151,18 @@ def test_mixed_precision_and_xla_train_on_both_paths(tmp_path):
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+
+def test_a_worker_whose_peer_never_comes_exits_2_instead_of_hanging(tmp_path):
+    """Worker 1 of a 2-worker cluster whose worker 0 is never started: TensorFlow's
+    registration barrier (deadline --timeout) ends the wait with a clear message."""
+    ports = worker.free_ports(2)
+    config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+              "task": {"type": "worker", "index": 1}}
+    done = subprocess.run(
+        [sys.executable, "-m", "recipes.distributed", "--strategy", "multiworker", "--smoke",
+         "--timeout", "5", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+        env={**ENV, "TF_CONFIG": json.dumps(config)}, timeout=600)  # a hang guard only
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: " in done.stderr and "unreachable" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

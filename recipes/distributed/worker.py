@@ -39,7 +39,7 @@ JOB = {
     "loop": "custom",  # custom: strategy.run in a tf.function; fit: model.fit
     "strategy": "multiworker",  # none | mirrored | multiworker
     "replicas": 2,  # devices of MirroredStrategy (logical CPUs when there is no GPU)
-    "precision": "float32",  # float32 | mixed_float16 | mixed_bfloat16
+    "precision": "float32",  # float32 | mixed_float16 | mixed_bfloat16 | float64
     "jit_compile": False,
     "timeout": 60,  # seconds a worker waits for its peers before it gives up
     "out": "runs/distributed/worker",
@@ -134,8 +134,35 @@ def make_strategy(name: str, replicas: int = 2, timeout: float = 60):
     if name == "multiworker":
         parse_tf_config(os.environ.get("TF_CONFIG", ""))
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        configure_coordination(timeout)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     raise UserError(f"unknown strategy {name!r}: use none, mirrored or multiworker")
+
+
+def configure_coordination(timeout: float) -> None:
+    """Set up TensorFlow's coordination service the way MultiWorkerMirroredStrategy would,
+    plus a registration deadline: a worker whose peers never join gets an error after
+    `timeout` seconds (the default is to wait, holding Python's interpreter lock, for an hour,
+    where no watchdog thread can run)."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    cluster = parse_tf_config(os.environ.get("TF_CONFIG", ""))["cluster"]
+    spec = tf_cluster_spec(cluster)
+    jobs = [coordination_config_pb2.CoordinatedJob(name=name, num_tasks=spec.num_tasks(name))
+            for name in ("chief", "worker") if name in spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, cluster_register_timeout_in_ms=int(timeout * 1000))
+    # every task, the leader too, waits at a registration barrier that has the deadline
+    context.context().coordination_service.cluster_register_with_barrier = True
+
+
+def tf_cluster_spec(cluster: dict):
+    import tensorflow as tf
+
+    return tf.train.ClusterSpec(cluster)
 
 
 def device_names(strategy) -> list[str]:
@@ -190,7 +217,9 @@ def build_resnet(input_shape, num_classes: int, width: int = 16, blocks=(1, 1, 1
             x = layers.ReLU()(layers.Add()([y, shortcut]))
     x = layers.GlobalAveragePooling2D()(x)
     # softmax in float32 even under mixed precision: small probabilities would underflow
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    mixed = keras.config.dtype_policy().name.startswith("mixed")
+    outputs = layers.Dense(num_classes, activation="softmax",
+                           dtype="float32" if mixed else None)(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -304,6 +333,8 @@ def run_job(job: dict, callbacks: list | None = None) -> dict | None:
         parse_tf_config(os.environ.get("TF_CONFIG", ""))
     elif job["strategy"] == "mirrored":
         use_cpu_replicas(job["replicas"])
+    if job["precision"] == "float64":  # variables, activations and the loss in float64
+        keras.config.set_floatx("float64")
     if job["precision"] != "float32":
         keras.mixed_precision.set_global_policy(job["precision"])
     keras.utils.set_random_seed(job["seed"])
@@ -334,6 +365,7 @@ def run_job(job: dict, callbacks: list | None = None) -> dict | None:
     finally:
         watchdog.stop()
         keras.mixed_precision.set_global_policy("float32")  # in-process runs: leave it as found
+        keras.config.set_floatx("float32")
 
 
 def _train(job: dict, strategy, ds, steps: int, watchdog: Watchdog,
