@@ -49,6 +49,13 @@ def test_every_row_is_measured_and_quantization_keeps_the_accuracy(qat_run):
     for row in ("float_tflite", "ptq_dynamic", "ptq_int8", "qat_int8"):
         assert m[row]["peak_memory_bytes"] > 0, row
         assert (out / f"model_{row}.tflite").stat().st_size == m[row]["size_bytes"]
+        # timed with both kernel sets; the row reports the faster, and names it
+        kernels = results["fastest_kernels"][row]
+        assert m[row]["latency_ms"] == m[row][f"latency_ms_{kernels}"] == min(
+            m[row]["latency_ms_xnnpack"], m[row]["latency_ms_builtin"]), row
+    assert m["comparison"]["int8_speedup_builtin"] == pytest.approx(
+        m["float_tflite"]["latency_ms_builtin"] / m["qat_int8"]["latency_ms_builtin"])
+    assert results["cpu"]["model"] and isinstance(results["cpu"]["flags"], list)
     # the stripes are easy: a working float model solves them, and a converted model that
     # mangled its input (scale, zero point, folded rescaling) would drop towards chance (0.25)
     assert m["float"]["test_accuracy"] > 0.9

@@ -1,13 +1,14 @@
 # %% [markdown]
 # # Quantization: post-training vs quantization-aware training, measured on int8 LiteRT
 #
-# **Description:** train a float CNN, then make it smaller and faster four ways and measure
-# what each keeps: post-training dynamic-range quantization, post-training full-integer int8
-# quantization (calibrated on a representative dataset), quantization-aware training with
-# tensorflow-model-optimization (fine-tuned, then converted to an int8 `.tflite`), and Keras
-# 3's own `model.quantize("int8")`. Every `.tflite` is scored with the LiteRT interpreter
-# (`ai_edge_litert`): test accuracy, file size, median batch-1 CPU latency over many runs and
-# peak memory.
+# **Description:** train a float CNN (plain, or MobileNet-style with `--arch mobilenet`),
+# then make it smaller and faster four ways and measure what each keeps: post-training
+# dynamic-range quantization, post-training full-integer int8 quantization (calibrated on a
+# representative dataset), quantization-aware training with tensorflow-model-optimization
+# (fine-tuned, then converted to an int8 `.tflite`), and Keras 3's own `model.quantize("int8")`.
+# Every `.tflite` is scored with the LiteRT interpreter (`ai_edge_litert`): test accuracy, file
+# size, median batch-1 CPU latency over many runs (with LiteRT's default XNNPACK kernels and
+# with its built-in kernels) and peak memory.
 #
 # **Concepts:** quantization stores weights (and, for full-integer models, activations) as
 # 8-bit integers `q` with a scale and a zero point, `real = scale * (q - zero_point)`: a
@@ -71,6 +72,9 @@ parser = cli.parser(
                 "quantization-aware training (tfmot) and Keras int8, each scored as a LiteRT "
                 "model: accuracy, size, batch-1 latency, peak memory. `predict` and `evaluate` "
                 "take a .tflite (or the float model.keras).")
+parser.add_argument("--arch", choices=("cnn", "mobilenet"), default="cnn",
+                    help="cnn: plain convolutions; mobilenet: depthwise-separable blocks with "
+                         "ReLU6, the architecture of the published int8 MobileNet results")
 parser.add_argument("--qat-epochs", type=int, default=2,
                     help="quantization-aware fine-tuning epochs (after the float training)")
 parser.add_argument("--calibration-images", type=int, default=256,
@@ -97,6 +101,7 @@ if args.smoke:
 
 # %%
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -170,14 +175,15 @@ def tflite_probabilities(interpreter, images, batch_size=256):
     return np.concatenate(scores)
 
 
-# Run as `python -c MEASURE PATH RUNS THREADS`: prints the batch-1 times (ms) and the peak
-# memory (bytes) of one model as JSON. The peak is the rise of the resident set size above its
+# Run as `python -c MEASURE PATH RUNS THREADS KERNELS`: prints the batch-1 times (ms) and the
+# peak memory (bytes) of one model as JSON. KERNELS: `xnnpack` is LiteRT's default (the XNNPACK
+# delegate takes every op it supports), `builtin` the interpreter's own kernels alone. The peak is the rise of the resident set size above its
 # level once the runtime is imported (Linux: the high-water mark is reset there; elsewhere the
 # process's maximum resident set size stands in, which includes the imports).
 MEASURE = """
 import json, resource, sys, time
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 def memory(field):
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
@@ -187,8 +193,11 @@ try:
     before = memory("VmRSS:")
 except OSError:
     before = None
-path, runs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-interpreter = Interpreter(model_path=path, num_threads=threads)
+path, runs, threads, kernels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+resolver = {"xnnpack": OpResolverType.AUTO,
+            "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}[kernels]
+interpreter = Interpreter(model_path=path, num_threads=threads,
+                          experimental_op_resolver_type=resolver)
 interpreter.allocate_tensors()
 given = interpreter.get_input_details()[0]
 image = np.random.default_rng(0).integers(0, 256, given["shape"]).astype(np.float32)
@@ -210,19 +219,46 @@ print(json.dumps({"times_ms": times[20:], "peak_memory_bytes": peak}))
 """
 
 
+KERNELS = ("xnnpack", "builtin")
+
+
 def measure_tflite(paths, runs, threads=1, rounds=1):
-    """{path: (median batch-1 latency in ms, peak memory in bytes)}, models taken in turn."""
-    times, peaks = {p: [] for p in paths}, {p: 0 for p in paths}
+    """{path: {"latency_ms_KERNELS": median batch-1 ms for each kernel set, "latency_ms": the
+    fastest of them, "kernels": which, "peak_memory_bytes": peak memory with those kernels}},
+    every (model, kernels) in turn in each round."""
+    times = {(p, k): [] for p in paths for k in KERNELS}
+    peaks = {(p, k): 0 for p in paths for k in KERNELS}
     for _ in range(rounds):
-        for path in paths:
+        for path, kernels in times:
             done = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(runs),
-                                   str(threads)], capture_output=True, text=True)
+                                   str(threads), kernels], capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"timing {path} failed:\n{done.stderr[-2000:]}")
             found = json.loads(done.stdout.strip().splitlines()[-1])
-            times[path] += found["times_ms"]
-            peaks[path] = max(peaks[path], found["peak_memory_bytes"])
-    return {p: (float(np.median(times[p])), peaks[p]) for p in paths}
+            times[path, kernels] += found["times_ms"]
+            peaks[path, kernels] = max(peaks[path, kernels], found["peak_memory_bytes"])
+    measured = {}
+    for path in paths:
+        median = {k: float(np.median(times[path, k])) for k in KERNELS}
+        fastest = min(median, key=median.get)
+        measured[path] = {"latency_ms": median[fastest], "kernels": fastest,
+                          **{f"latency_ms_{k}": median[k] for k in KERNELS},
+                          "peak_memory_bytes": peaks[path, fastest]}
+    return measured
+
+
+def cpu():
+    """The CPU's model name and the SIMD flags that decide the int8 vs float race."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "flags": []}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return {"model": model, "flags": sorted(f for f in flags if f.startswith(
+        ("avx", "fma", "amx")) or "vnni" in f)}
 
 
 def class_names_for(model_path, num_classes):
@@ -273,13 +309,13 @@ if args.command == "evaluate":
         raise UserError(f"{args.dataset} has {ds.num_classes} classes, the model predicts "
                         f"{classes}: evaluate on a dataset of the model's classes")
     y_pred = tflite_probabilities(interpreter, ds.x_test, args.batch_size).argmax(-1)
-    latency, peak = measure_tflite([args.model], args.latency_runs, args.threads)[args.model]
+    timing = measure_tflite([args.model], args.latency_runs, args.threads)[args.model]
+    kernels = timing.pop("kernels")
     scores = {**metrics.classification(ds.y_test, y_pred, classes),
-              "size_bytes": Path(args.model).stat().st_size, "latency_ms": latency,
-              "peak_memory_bytes": peak}
+              "size_bytes": Path(args.model).stat().st_size, **timing}
     plots.confusion_matrix(ds.y_test, y_pred, names, Path(args.out) / "confusion.png")
     results.write(args.out, args.recipe, args.dataset, scores, time.time() - args.started,
-                  vars(args), model=str(args.model))
+                  vars(args), model=str(args.model), fastest_kernels=kernels, cpu=cpu())
     print(results.summary(scores, f"evaluate {args.model} on {args.dataset}"))
     raise SystemExit
 
@@ -313,35 +349,60 @@ K, names = ds.num_classes, ds.class_names
 steps = cli.training_budget(args, len(x_train))
 print(f"{args.dataset}: {len(x_train)} training / {len(x_test)} test images of "
       f"{'x'.join(map(str, x_train.shape[1:]))}, {K} classes; float model: {args.epochs} epochs "
-      f"of {steps} steps, then {args.qat_epochs} quantization-aware epochs")
+      f"of {steps} steps ({args.arch}), then {args.qat_epochs} quantization-aware epochs")
 train_stream = pipeline.for_training(x_train, y_train, args.batch_size, seed=args.seed)
 val = pipeline.for_eval(x_test, y_test)
 
 # %% [markdown]
 # ## The float model
 #
-# A plain CNN: three stages of convolution, batch normalization, ReLU and max pooling, then
-# global average pooling and a dense classifier. Every block is one that the int8 kernels and
-# the QAT tooling know: a convolution followed by batch normalization and ReLU is folded into
-# one int8 convolution with a fused activation. The layers are named, so that a tf_keras copy
-# can take the weights layer by layer.
+# `--arch cnn` (the default) is a plain CNN: three stages of convolution, batch normalization,
+# ReLU and max pooling, then global average pooling and a dense classifier. `--arch mobilenet`
+# is built like MobileNet v1, the model of the best-known int8 results: a stride-2
+# convolution, then five depthwise-separable blocks (a 3x3 depthwise convolution, which
+# filters each channel on its own, then a 1x1 pointwise convolution that mixes channels), each
+# convolution followed by batch normalization and ReLU6 (`min(max(x, 0), 6)`, whose bounded
+# range was chosen for 8-bit inference). Depthwise kernels are the classic hard case for int8:
+# each channel has only 9 weights and their ranges differ a lot between channels. Every block
+# is one that the int8 kernels and the QAT tooling know: a convolution followed by batch
+# normalization and a ReLU is folded into one int8 convolution with a fused activation. The
+# layers are named, so that a tf_keras copy can take the weights layer by layer.
 
 
 # %%
+# (pointwise filters, stride) of the depthwise-separable blocks after the first convolution
+# (stride 2, as in MobileNet): 32x32 -> 16 -> 8 -> 4
+MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1))
+
+
 def build_model(k, shape, rescale=True):
-    """The CNN in Keras module `k` (keras for Keras 3, tf_keras for tfmot). Without `rescale`
-    the input scaling is left out: the caller folds it into the first convolution."""
+    """The `--arch` model in Keras module `k` (keras for Keras 3, tf_keras for tfmot). Without
+    `rescale` the input scaling is left out: the caller folds it into the first convolution."""
     inputs = k.Input(shape)
     x = k.layers.Rescaling(1 / 255, name="rescale")(inputs) if rescale else inputs
-    for i, filters in enumerate((32, 64, 128)):
-        x = k.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = k.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
-        x = k.layers.ReLU(name=f"relu{i}")(x)
-        x = k.layers.MaxPooling2D(padding="same", name=f"pool{i}")(x)
-    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = k.layers.Dense(128, activation="relu", name="dense")(x)
+    if args.arch == "cnn":
+        for i, filters in enumerate((32, 64, 128)):
+            x = k.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+            x = k.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+            x = k.layers.ReLU(name=f"relu{i}")(x)
+            x = k.layers.MaxPooling2D(padding="same", name=f"pool{i}")(x)
+        x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+        x = k.layers.Dense(128, activation="relu", name="dense")(x)
+    else:
+        x = k.layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="conv0")(x)
+        x = k.layers.BatchNormalization(momentum=0.9, name="bn0")(x)
+        x = k.layers.ReLU(max_value=6.0, name="relu0")(x)
+        for i, (filters, stride) in enumerate(MOBILENET_BLOCKS, 1):
+            x = k.layers.DepthwiseConv2D(3, stride, padding="same", use_bias=False,
+                                         name=f"dw{i}")(x)
+            x = k.layers.BatchNormalization(momentum=0.9, name=f"dw{i}_bn")(x)
+            x = k.layers.ReLU(max_value=6.0, name=f"dw{i}_relu")(x)
+            x = k.layers.Conv2D(filters, 1, use_bias=False, name=f"pw{i}")(x)
+            x = k.layers.BatchNormalization(momentum=0.9, name=f"pw{i}_bn")(x)
+            x = k.layers.ReLU(max_value=6.0, name=f"pw{i}_relu")(x)
+        x = k.layers.GlobalAveragePooling2D(name="gap")(x)
     logits = k.layers.Dense(K, name="logits")(x)
-    return k.Model(inputs, k.layers.Softmax(name="softmax")(logits), name="cnn")
+    return k.Model(inputs, k.layers.Softmax(name="softmax")(logits), name=args.arch)
 
 
 float_model = build_model(keras, x_train.shape[1:])
@@ -515,8 +576,17 @@ print(f"keras int8 quantized {', '.join(layer.name for layer in quantized)}: "
 # %% [markdown]
 # ## Latency and peak memory
 #
-# Every `.tflite` is timed in its own process at batch 1 (`--latency-runs` invocations after a
-# warm-up, `--threads` interpreter threads), the models taken in turn for `--rounds` rounds so
+# Which model is faster depends on the kernels that run it as much as on the model. LiteRT's
+# default hands every op it can to the XNNPACK delegate, whose float kernels are very fast on
+# x86 CPUs with AVX2 and FMA; its int8 kernels gain most where the CPU has int8 dot-product
+# instructions (VNNI on x86, dotprod on ARM). The interpreter's own built-in kernels are the
+# other option. Each `.tflite` is therefore timed with both, and its row reports the faster
+# (`latency_ms`; both are kept as `latency_ms_xnnpack` and `latency_ms_builtin`, and
+# results.json names the winner per row and the CPU's model and flags): every model is
+# compared at its best on this machine.
+#
+# Each (model, kernels) runs in its own process at batch 1 (`--latency-runs` invocations
+# after a warm-up, `--threads` interpreter threads), taken in turn for `--rounds` rounds so
 # that a busy moment on a shared machine does not fall on one model only; the median over all
 # runs is reported. The two Keras rows are timed in this process, called through a traced
 # `tf.function` on TensorFlow's own thread pool.
@@ -524,8 +594,12 @@ print(f"keras int8 quantized {', '.join(layer.name for layer in quantized)}: "
 # %%
 measured = measure_tflite(list(tflite_paths.values()), args.latency_runs, args.threads,
                           args.rounds)
+fastest_kernels = {}
 for row, path in tflite_paths.items():
-    scores[row]["latency_ms"], scores[row]["peak_memory_bytes"] = measured[path]
+    fastest_kernels[row] = measured[path].pop("kernels")
+    scores[row].update(measured[path])
+    print(f"{row}: xnnpack {scores[row]['latency_ms_xnnpack']:.3f} ms, built-in "
+          f"{scores[row]['latency_ms_builtin']:.3f} ms: {fastest_kernels[row]} is faster")
 for row, model in (("float", float_model), ("keras_int8", keras_int8)):
     scores[row]["latency_ms"] = keras_latency(model, args.latency_runs)
 
@@ -540,14 +614,18 @@ scores["comparison"] = {
     "ptq_int8_drop_points": 100 * (accuracy["float"] - accuracy["ptq_int8"]),
     "qat_recovers_points": 100 * (accuracy["qat_int8"] - accuracy["ptq_int8"]),
     "int8_size_ratio": scores["float_tflite"]["size_bytes"] / scores["qat_int8"]["size_bytes"],
+    # each at its fastest kernels, then both with the same kernels
     "int8_speedup": scores["float_tflite"]["latency_ms"] / scores["qat_int8"]["latency_ms"],
+    **{f"int8_speedup_{k}": scores["float_tflite"][f"latency_ms_{k}"]
+       / scores["qat_int8"][f"latency_ms_{k}"] for k in KERNELS},
 }
-print(f"{'row':<13}{'accuracy':>9}{'size KB':>10}{'latency ms':>12}{'peak MB':>9}")
+print(f"{'row':<13}{'accuracy':>9}{'size KB':>10}{'latency ms':>12}{'kernels':>12}"
+      f"{'peak MB':>9}")
 for row in ROWS:
     s = scores[row]
     peak = f"{s['peak_memory_bytes'] / 2**20:9.1f}" if "peak_memory_bytes" in s else f"{'-':>9}"
     print(f"{row:<13}{s['test_accuracy']:9.4f}{s['size_bytes'] / 1024:10.1f}"
-          f"{s['latency_ms']:12.3f}{peak}")
+          f"{s['latency_ms']:12.3f}{fastest_kernels.get(row, 'tensorflow'):>12}{peak}")
 
 for measure, unit, name in (
         ("size_bytes", "size (KB, log scale): LiteRT file, Keras weights", "size"),
@@ -585,6 +663,7 @@ plots.confusion_matrix(y_test, qat_predicted, names, out / "confusion_qat_int8.p
 (out / "class_names.json").write_text(json.dumps(names) + "\n")  # read by predict/evaluate
 path = results.write(out, args.recipe, args.dataset, scores, time.time() - args.started,
                      vars(args), parameters=float_model.count_params(),
+                     fastest_kernels=fastest_kernels, cpu=cpu(),
                      keras_int8_layers=[layer.name for layer in quantized],
                      tf_keras_copy_difference=float(difference))
 print(results.summary(scores, f"qat on {args.dataset} ({time.time() - args.started:.0f} s)"))
