@@ -70,7 +70,8 @@ from common import UserError, cli
 ROWS = {"keras_tensorflow": "tensorflow", "keras_jax": "jax", "keras_torch": "torch",
         "torch_native": "torch"}
 # the packages each row imports: its framework, and the runtimes its exports are run with
-NEEDS = {"keras_tensorflow": ["tensorflow", "ai_edge_litert"], "keras_jax": ["jax", "jaxlib"],
+NEEDS = {"keras_tensorflow": ["tensorflow", "ai_edge_litert", "tf2onnx", "onnxruntime"],
+         "keras_jax": ["jax", "jaxlib"],
          "keras_torch": ["torch", "onnxruntime", "onnxscript"],
          "torch_native": ["torch", "onnx", "onnxruntime", "onnxscript"]}
 MIN_SIDE = 8  # three 2x2 poolings: a smaller image has no pixels left for the classifier
@@ -227,7 +228,7 @@ def run_row(row: str) -> dict:
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
     tail = []
     for line in process.stdout:  # through print(), so that a notebook shows it too
-        if line.startswith(("  ", "INFO")) or "Error" in line or "error" in line:
+        if line.startswith(("  keras_", "  torch_native", "  mode ", "  export ")):
             print(line, end="", flush=True)
         tail = (tail + [line])[-40:]
     if process.wait() != 0:

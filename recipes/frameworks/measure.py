@@ -4,6 +4,7 @@ run's memory is its own framework's."""
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -11,8 +12,18 @@ import numpy as np
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, in MB.
+
+    From /proc/self/status (VmHWM) where there is one: getrusage's ru_maxrss survives fork and
+    exec on Linux, so a process started by a larger one (the recipe, TensorFlow loaded) would
+    report its parent's peak as its own."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / (
+        1024 if sys.platform == "darwin" else 1)
 
 
 def cpu_seconds() -> float:
