@@ -400,7 +400,7 @@ plots.save(fig, out / "throughput.png")
 # it with `evaluate --model ... --dataset SPEC`.
 
 # %%
-keras_rows = [r for r in records if r != "torch_native"]
+keras_rows = [r for r in records if (out / r / "model.keras").is_file()]
 if keras_rows:
     (out / "model.keras").write_bytes((out / keras_rows[0] / "model.keras").read_bytes())
     (out / "class_names.json").write_text(json.dumps(ds.class_names) + "\n")

@@ -260,6 +260,8 @@ def main() -> None:
     record["inference_ms_batch1"] = latency_ms(model.predict_on_batch, x_test, args.repeats)
     record["inference_images_per_second_batch256"] = throughput(model.predict_on_batch, x_test)
     # exports first, so that no latency is measured after a compiled mode ran here
+    if args.no_export:  # still the .keras file: the recipe's predict and evaluate use it
+        model.save(out / "model.keras")
     record["deployment"] = {} if args.no_export else deploy(model, x_test[:args.repeats], out,
                                                             args.repeats)
     modes = compile_modes(backend, torch_compile=not args.no_torch_compile)
