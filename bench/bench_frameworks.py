@@ -147,7 +147,10 @@ def main() -> None:
         return
     found = {}
     for row in args.rows.split(","):
-        env = {**os.environ, "KERAS_BACKEND": ROWS[row], "TF_CPP_MIN_LOG_LEVEL": "3"}
+        # passive OpenMP waiting, as in recipes/frameworks: spinning threads slow PyTorch on
+        # a shared CPU
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "KERAS_BACKEND": ROWS[row],
+               "TF_CPP_MIN_LOG_LEVEL": "3"}
         done = subprocess.run([sys.executable, __file__, "--worker", row, "--images",
                                str(args.images), "--batch-size", str(args.batch_size),
                                "--epochs", str(args.epochs)], env=env, capture_output=True,
