@@ -90,6 +90,8 @@ def parser(recipe: str, description: str, *, dataset: str = "synthetic:shapes",
 def parse_args(p: argparse.ArgumentParser) -> argparse.Namespace:
     """Flags from the command line, or from $RECIPE_ARGS inside a notebook; checks the flags
     every recipe shares, then imports TensorFlow (quietly) and seeds everything."""
+    from common import results  # noqa: F401 - records the commit of the code that starts now
+
     argv = shlex.split(os.environ.get("RECIPE_ARGS", "")) if in_notebook() else sys.argv[1:]
     args = p.parse_args(argv)
     args.command = args.command or "train"
