@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 WIDTH, BLOCKS = 32, (2, 2, 2, 2)  # ResNet-18's stages at half its width (64)
 # per-replica batch and timed steps per image size: enough work to time, little enough for 2 cores
-SETTINGS = {32: {"batch": 32, "steps": 6}, 224: {"batch": 8, "steps": 3}}
+SETTINGS = {32: {"batch": 32, "steps": 30}, 224: {"batch": 8, "steps": 6}}
 
 
 def cpu_name() -> str:
@@ -77,6 +77,8 @@ def one_cpu_config(size: int, replicas: int, xla: bool) -> dict:
     return {"image_size": size, "replicas": replicas, "xla": xla, "global_batch": batch,
             "timed_steps": steps, "images_per_s": round(steps * batch / seconds, 2),
             "wall_s": round(seconds, 2), "cpu_s": round(cpu, 2), "warmup_s": round(warmup, 1),
+            # robust to other jobs on the machine: images per CPU second of this process
+            "images_per_cpu_s": round(steps * batch / cpu, 2),
             "params": model.count_params(), "devices": worker.device_names(strategy),
             "load_average_1min_at_end": round(os.getloadavg()[0], 2)}
 
@@ -92,9 +94,12 @@ def cpu_bench(sizes=(32, 224)) -> dict:
                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
                 if done.returncode:  # recorded, not fatal: XLA under MirroredStrategy on
                     # logical CPU devices fails on this stack, and that is a finding too
-                    error = [line for line in done.stderr.splitlines() if "Error" in line]
+                    lines = [line.strip() for line in done.stderr.splitlines()]
+                    # the informative line follows TensorFlow's "Graph execution error:"
+                    error = [line for line in lines if "Trying to access" in line or (
+                        "Error" in line and not line.endswith("Graph execution error:"))]
                     rows.append({"image_size": size, "replicas": replicas, "xla": xla,
-                                 "error": (error or done.stderr.splitlines() or ["?"])[-1][:400]})
+                                 "error": (error or lines or ["?"])[-1][:400]})
                     print(f"{size:>4}x{size:<4} replicas {replicas}  {'XLA' if xla else 'f32':<4}"
                           f" failed: {rows[-1]['error'][:200]}", flush=True)
                     continue
