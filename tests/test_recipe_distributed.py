@@ -123,6 +123,8 @@ def test_batch_flags_and_someone_elses_checkpoint_are_refused(run_here, tmp_path
     done = run_here("distributed", "--workers", "2", "--strategy", "mirrored", "--smoke",
                     "--out", str(tmp_path / "b"))
     assert done.returncode == 2 and "drop --strategy mirrored" in done.stderr
+    done = run_here("distributed", "--jit-compile", "--smoke", "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "--jit-compile with MirroredStrategy" in done.stderr
     # a checkpoint of another model (width 8 vs 16) in OUT/backup is not resumed, nor deleted
     backup = tmp_path / "c" / "backup"
     backup.mkdir(parents=True)

@@ -90,6 +90,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf  # already imported (quietly) by cli.parse_args
 
 from common import data
 from recipes.distributed import worker
@@ -103,6 +104,12 @@ if args.workers and args.strategy not in (None, "multiworker"):
     raise UserError(f"--workers starts MultiWorkerMirroredStrategy workers: drop --strategy "
                     f"{args.strategy}, or drop --workers")
 args.strategy = args.strategy or ("multiworker" if args.workers else "mirrored")
+if args.jit_compile and args.strategy == "mirrored" and not tf.config.list_physical_devices("GPU"):
+    # measured (bench/bench_distributed.py): XLA compiles the step for one device and cannot
+    # read the replica variables that live on the other logical CPU device
+    raise UserError("--jit-compile with MirroredStrategy over logical CPU devices fails on "
+                    "this stack: add --strategy none (one device, XLA works there), or drop "
+                    "--jit-compile")
 cluster_worker = args.strategy == "multiworker" and not args.workers
 if cluster_worker:
     if not cluster_config:
@@ -199,7 +206,6 @@ if cluster_worker:
 
 # %%
 import keras
-import tensorflow as tf
 
 from common import callbacks, metrics, plots
 
