@@ -6,10 +6,11 @@ Counts the network's floating-point operations per image from its layer shapes (
 multiply-add is 2 FLOPs; convolutions and dense layers only, the rest is negligible): forward
 = inference, and training = 3 x forward (the backward pass computes a gradient for the inputs
 and one for the weights of every layer, each about as costly as the forward pass). Then
-measures training and inference images/s with `fit()` / `predict()` (TensorFlow backend,
-float32, after a warm-up epoch) and divides the achieved FLOP/s by the CPU's peak: cores x
-clock x FLOPs per cycle (AVX2 + FMA: 2 FMA units x 8 float32 lanes x 2 = 32 per cycle and
-core; AVX-512: 64). Writes bench/results/flops_<cpu>.json.
+measures training images/s with `fit()` without and with XLA (`jit_compile`; Keras's default
+"auto" leaves XLA off on a CPU-only TensorFlow machine) and inference images/s with `predict()`
+(TensorFlow backend, float32, after a warm-up epoch), and divides the achieved FLOP/s by the
+CPU's peak: cores x clock x FLOPs per cycle (AVX2 + FMA: 2 FMA units x 8 float32 lanes x 2 =
+32 per cycle and core; AVX-512: 64). Writes bench/results/flops_<cpu>.json.
 """
 
 import json
@@ -57,14 +58,24 @@ def cpu_peak() -> dict:
             "peak_gflops": round(cores * ghz * per_cycle, 1)}
 
 
+def train_speed(x, y, batch_size: int, epochs: int, jit_compile: bool) -> tuple[float, float]:
+    """Training images/s and images per CPU second of a fresh model after a warm-up."""
+    model = reference_cnn(x.shape[1:], 10)
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=jit_compile)
+    model.fit(x[:512], y[:512], batch_size=batch_size, epochs=1, verbose=0)  # trace, warm up
+    cpu, started = time.process_time(), time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
+    images = epochs * len(x)
+    return images / (time.perf_counter() - started), images / (time.process_time() - cpu)
+
+
 def main(images: int = 4096, epochs: int = 2, batch_size: int = 64) -> dict:
     x, y = make_shapes(images, image_size=32, seed=0)
+    # Keras's default jit_compile="auto" means no XLA on a CPU-only TensorFlow machine
+    train_ips, train_per_cpu_s = train_speed(x, y, batch_size, epochs, jit_compile=False)
+    xla_ips, xla_per_cpu_s = train_speed(x, y, batch_size, epochs, jit_compile=True)
     model = reference_cnn(x.shape[1:], 10)
     forward = forward_flops(model)
-    model.fit(x[:512], y[:512], batch_size=batch_size, epochs=1, verbose=0)  # trace, warm up
-    started = time.perf_counter()
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
-    train_ips = epochs * len(x) / (time.perf_counter() - started)
     model.predict(x[:512], batch_size=256, verbose=0)
     started = time.perf_counter()
     model.predict(x, batch_size=256, verbose=0)
@@ -77,6 +88,12 @@ def main(images: int = 4096, epochs: int = 2, batch_size: int = 64) -> dict:
         "train_images_per_s": round(train_ips, 1),
         "train_gflops_achieved": round(train_ips * 3 * forward / 1e9, 2),
         "train_fraction_of_peak": round(train_ips * 3 * forward / 1e9 / peak["peak_gflops"], 4),
+        "train_images_per_cpu_s": round(train_per_cpu_s, 1),
+        "xla_train_images_per_s": round(xla_ips, 1),
+        "xla_train_images_per_cpu_s": round(xla_per_cpu_s, 1),
+        "xla_speedup_wall": round(xla_ips / train_ips, 2),
+        "xla_train_fraction_of_peak": round(xla_ips * 3 * forward / 1e9 / peak["peak_gflops"],
+                                            4),
         "inference_images_per_s_batch256": round(infer_ips, 1),
         "inference_gflops_achieved": round(infer_ips * forward / 1e9, 2),
         "inference_fraction_of_peak": round(infer_ips * forward / 1e9 / peak["peak_gflops"], 4),
