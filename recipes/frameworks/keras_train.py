@@ -12,7 +12,6 @@ export format needs it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,10 +25,11 @@ import numpy as np
 from keras import layers
 
 from recipes.frameworks.measure import (
-    cpu_seconds,
+    EpochClock,
     first_line,
     latency_ms,
     peak_memory_mb,
+    run_flags,
     size_kb,
     throughput,
 )
@@ -62,21 +62,18 @@ def train(x, y, num_classes, epochs, batch_size, seed, callbacks=(), **compile_a
 
 
 class EpochTimes(keras.callbacks.Callback):
-    """Wall and CPU time of each epoch, and a progress line per epoch."""
+    """measure.EpochClock as a Keras callback."""
 
     def __init__(self, label: str = "", total: int = 0):
         super().__init__()
-        self.label, self.total, self.seconds, self.cpu = label, total, [], []
+        self.clock = EpochClock(label, total)
+        self.seconds, self.cpu = self.clock.seconds, self.clock.cpu
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.cpu_start = time.perf_counter(), cpu_seconds()
+        self.clock.restart()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
-        self.cpu.append(cpu_seconds() - self.cpu_start)
-        if self.label:
-            print(f"  {self.label} epoch {epoch + 1}/{self.total}: {self.seconds[-1]:.1f} s, "
-                  f"loss {logs['loss']:.3f}, accuracy {logs['accuracy']:.3f}", flush=True)
+        self.clock.tick(epoch, logs)
 
 
 def compile_modes(backend: str, torch_compile: bool = True) -> dict[str, dict]:
@@ -214,18 +211,7 @@ def convert_saved_model(saved_model: Path, path: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--mode-steps", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=50, help="batch-1 latency calls")
-    p.add_argument("--no-export", action="store_true", help="skip the export formats")
-    p.add_argument("--no-torch-compile", action="store_true",
-                   help="skip the torch.compile mode (minutes of C++ compiling on a small CPU)")
-    args = p.parse_args()
+    args = run_flags(__doc__.splitlines()[0])
     backend = keras.backend.backend()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

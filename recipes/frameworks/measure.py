@@ -3,6 +3,7 @@ run's memory is its own framework's."""
 
 from __future__ import annotations
 
+import argparse
 import resource
 import sys
 import time
@@ -86,3 +87,43 @@ def code_lines(lines: list[str]) -> int:
         elif line and not line.startswith("#"):
             count += 1
     return count
+
+
+class EpochClock:
+    """Wall and CPU seconds of each epoch, and with a `label` a progress line per epoch with
+    the time the remaining epochs should take. `restart()` when an epoch starts, `tick()` when
+    it ends (which restarts the clock for the next one)."""
+
+    def __init__(self, label: str = "", total: int = 0):
+        self.label, self.total, self.seconds, self.cpu = label, total, [], []
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.cpu_start = time.perf_counter(), cpu_seconds()
+
+    def tick(self, epoch: int, logs: dict) -> None:
+        now, cpu = time.perf_counter(), cpu_seconds()
+        self.seconds.append(now - self.start)
+        self.cpu.append(cpu - self.cpu_start)
+        self.start, self.cpu_start = now, cpu
+        if self.label:
+            left = (self.total - epoch - 1) * float(np.mean(self.seconds))
+            print(f"  {self.label} epoch {epoch + 1}/{self.total}: {self.seconds[-1]:.1f} s, "
+                  f"loss {logs['loss']:.3f}, accuracy {logs['accuracy']:.3f}"
+                  + (f", about {left:.0f} s left" if left else ""), flush=True)
+
+
+def run_flags(description: str) -> argparse.Namespace:
+    """The flags every row's process takes from recipes/frameworks."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--mode-steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=50, help="batch-1 latency calls")
+    p.add_argument("--no-export", action="store_true", help="skip the export formats")
+    p.add_argument("--no-torch-compile", action="store_true",
+                   help="skip the torch.compile mode (minutes of C++ compiling on a small CPU)")
+    return p.parse_args()

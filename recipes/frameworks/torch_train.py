@@ -11,7 +11,6 @@ keys; deployment: TorchScript, `torch.export` (.pt2) and ONNX run with onnxrunti
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -24,10 +23,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from recipes.frameworks.measure import (
-    cpu_seconds,
+    EpochClock,
     first_line,
     latency_ms,
     peak_memory_mb,
+    run_flags,
     size_kb,
     throughput,
 )
@@ -78,23 +78,6 @@ def train(x, y, num_classes, epochs, batch_size, seed, on_epoch_end=None, compil
 # ---- model and training code: end
 
 
-class EpochTimes:
-    """Wall and CPU time of each epoch, and a progress line per epoch."""
-
-    def __init__(self, label: str = "", total: int = 0):
-        self.label, self.total, self.seconds, self.cpu = label, total, [], []
-        self.start, self.cpu_start = time.perf_counter(), cpu_seconds()
-
-    def __call__(self, epoch, logs):
-        now, cpu = time.perf_counter(), cpu_seconds()
-        self.seconds.append(now - self.start)
-        self.cpu.append(cpu - self.cpu_start)
-        self.start, self.cpu_start = now, cpu
-        if self.label:
-            print(f"  {self.label} epoch {epoch + 1}/{self.total}: {self.seconds[-1]:.1f} s, "
-                  f"loss {logs['loss']:.3f}, accuracy {logs['accuracy']:.3f}", flush=True)
-
-
 def predictor(model):
     def predict(images):
         with torch.inference_mode():
@@ -107,9 +90,9 @@ def time_modes(modes, x, y, num_classes, batch_size, steps) -> dict:
     n = min(len(x), steps * batch_size)
     found = {}
     for mode, compile in (modes.items() if steps else ()):
-        timer = EpochTimes()
+        timer = EpochClock()
         try:
-            train(x[:n], y[:n], num_classes, 2, batch_size, 0, timer, compile=compile)
+            train(x[:n], y[:n], num_classes, 2, batch_size, 0, timer.tick, compile=compile)
             found[mode] = {"first_epoch_seconds": timer.seconds[0],
                            "train_images_per_second": n / timer.seconds[1],
                            "train_cpu_ms_per_image": 1000 * timer.cpu[1] / n}
@@ -183,18 +166,7 @@ def deploy(model, images, out: Path, repeats: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--mode-steps", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=50, help="batch-1 latency calls")
-    p.add_argument("--no-export", action="store_true", help="skip the export formats")
-    p.add_argument("--no-torch-compile", action="store_true",
-                   help="skip the torch.compile mode (minutes of C++ compiling on a small CPU)")
-    args = p.parse_args()
+    args = run_flags(__doc__.splitlines()[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     arrays = np.load(args.data)
@@ -207,9 +179,9 @@ def main() -> None:
               "import_memory_mb": peak_memory_mb(), "seeds": []}
     model = None
     for seed in args.seeds:
-        timer = EpochTimes(f"torch_native seed {seed}", args.epochs)
+        timer = EpochClock(f"torch_native seed {seed}", args.epochs)
         start = time.perf_counter()
-        trained = train(x, y, num_classes, args.epochs, args.batch_size, seed, timer)
+        trained = train(x, y, num_classes, args.epochs, args.batch_size, seed, timer.tick)
         seconds = time.perf_counter() - start
         predict = predictor(trained)
         predicted = np.concatenate([predict(x_test[i:i + 256])
