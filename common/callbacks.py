@@ -1,10 +1,12 @@
 """What every training run wants: resume after interruption (only into the run that was
-interrupted), stop on NaN, a CSV log, progress with an ETA, and the plan before it starts."""
+interrupted), stop on NaN, a CSV log, progress with an ETA, the plan before it starts, and
+training to a time budget (`TimeBudget`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -102,11 +104,18 @@ class Plan:
     The estimate is the mean time of the epochs seen so far, each model's first epoch
     (which includes tracing) left out when there are others."""
 
-    def __init__(self, names: list[str], epochs: int, steps_per_epoch: int, what: str = "models"):
+    def __init__(self, names: list[str], epochs: int, steps_per_epoch: int, what: str = "models",
+                 time_budget: float | None = None):
         self.names, self.epochs, self.what = list(names), epochs, what
+        self.time_budget = time_budget
         self.epoch_seconds: list[float] = []
         self.models_started = 0
-        self.announced = False
+        self.announced = bool(time_budget)  # a budgeted run's length is known: the budget
+        if time_budget:
+            print(f"plan: {len(self.names)} {what} x {time_budget:g} s of training each "
+                  f"(--time-budget; evaluation not counted) = "
+                  f"{_duration(len(self.names) * time_budget)} of training", flush=True)
+            return
         total = len(self.names) * epochs * steps_per_epoch
         print(f"plan: {len(self.names)} {what} x {epochs} epochs x {steps_per_epoch} steps "
               f"= {total:,} optimisation steps", flush=True)
@@ -120,7 +129,10 @@ class Plan:
         self.epochs_this_model = 0
         self.epoch_started = time.time()
         left = ""
-        if self.epoch_seconds:
+        if self.time_budget and self.models_started > 1:
+            models_left = len(self.names) - self.models_started + 1
+            left = f", about {_duration(models_left * self.time_budget)} of training left in all"
+        elif self.epoch_seconds and not self.time_budget:
             left = f", about {_duration(self._remaining_epochs() * self.mean())} left in all"
         print(f"[{self.models_started}/{len(self.names)}] {name}{left}", flush=True)
 
@@ -151,6 +163,111 @@ class Plan:
                 plan.epoch_done()
 
         return _Progress()
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Train for `seconds` of wall-clock time, with the learning-rate schedule fitted to it:
+
+        budget = callbacks.TimeBudget(60, peak_learning_rate=2e-3, steps_per_epoch=469)
+        model.fit(train, epochs=budget.max_epochs, callbacks=[budget, ...])
+
+    The first `calibration_steps` steps (they count against the budget; the first one, which
+    traces the graph, is left out of the speed) measure the steps per second; the total number
+    of steps that fits in the rest of the budget is then planned, and the learning rate
+    follows a linear warm-up (the first `warmup_fraction` of the steps) and a cosine decay that
+    reaches 0 at the last planned step. The plan is revised after every step from the speed of
+    the last few hundred steps (other jobs on the machine change it), so the decay ends when
+    the budget does; training stops at the planned step or when the budget is spent,
+    whichever comes first. Validation during
+    `fit` (`validation_data`) is not counted: the budget is training time only.
+
+    The optimizer's learning rate must be a plain number (the callback assigns it before each
+    step), not a schedule. After training, `steps`, `seconds` (training time spent) and
+    `planned_steps` say what happened."""
+
+    def __init__(self, seconds: float, peak_learning_rate: float, steps_per_epoch: int,
+                 warmup_fraction: float = 0.1, calibration_steps: int = 25,
+                 max_epochs: int | None = None, name: str = "", verbose: bool = True):
+        super().__init__()
+        if not seconds > 0:
+            raise ValueError(f"time budget must be positive, got {seconds}")
+        self.budget, self.peak = float(seconds), float(peak_learning_rate)
+        self.steps_per_epoch, self.warmup_fraction = steps_per_epoch, warmup_fraction
+        self.calibration_steps = max(2, calibration_steps)
+        self.name, self.verbose = name, verbose
+        # fit() needs an epoch count: enough epochs for any speed, unless the caller caps it
+        self.max_epochs = max_epochs or 100_000
+        self.cap = self.max_epochs * steps_per_epoch
+        self.learning_rates: list[float] = []
+
+    def _spent(self) -> float:
+        """Training seconds so far: wall time since the start, validation left out."""
+        return time.perf_counter() - self.started - self.excluded
+
+    def _plan(self) -> None:
+        """Total steps = steps done + what the remaining budget holds at the recent speed
+        (the last `window` steps, the first, traced, step left out)."""
+        times = self.step_ends[-self.window:]
+        rate = (len(times) - 1) / max(1e-9, times[-1] - times[0])
+        left = max(0.0, self.budget - self._spent())
+        self.planned_steps = min(self.cap, self.steps + max(1, int(rate * left)))
+        if self.steps <= self.calibration_steps:  # the warm-up cannot end before this step
+            self.warmup_steps = max(self.steps, round(self.warmup_fraction * self.planned_steps))
+        self.rate = rate
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up from 0, then a cosine from the peak to 0 at `planned_steps`."""
+        if step < self.warmup_steps:
+            return self.peak * step / self.warmup_steps
+        decay = max(1, self.planned_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay)
+        return self.peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_train_begin(self, logs=None):
+        self.started, self.excluded = time.perf_counter(), 0.0
+        self.steps, self.step_ends, self.window = 0, [], 200
+        # until the speed is measured: warm up over twice the calibration steps
+        self.planned_steps, self.warmup_steps = self.cap, self.calibration_steps * 2
+        self.learning_rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        rate = self.learning_rate(self.steps)
+        self.model.optimizer.learning_rate = rate
+        self.learning_rates.append(rate)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        self.step_ends.append(self._spent())  # the first step (tracing) is not part of a rate
+        if len(self.step_ends) > 2 * self.window:
+            del self.step_ends[:-self.window]
+        if self.steps == self.calibration_steps:
+            self._plan()
+            if self.verbose:
+                epochs = self.planned_steps / self.steps_per_epoch
+                print(f"\n{self.name + ': ' if self.name else ''}time budget {self.budget:g} s: "
+                      f"{self.rate:.1f} steps/s measured over the first {self.steps} steps; "
+                      f"planned {self.planned_steps:,} steps ({epochs:.1f} epochs of "
+                      f"{self.steps_per_epoch}), learning rate warm-up to {self.peak:g} over "
+                      f"{self.warmup_steps:,} steps, then cosine decay to 0", flush=True)
+        elif self.steps > self.calibration_steps:
+            self._plan()  # revised from the recent speed
+        if self.steps >= self.planned_steps or self._spent() >= self.budget:
+            self.model.stop_training = True
+
+    def on_test_begin(self, logs=None):
+        self.test_started = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.excluded += time.perf_counter() - self.test_started
+
+    def on_train_end(self, logs=None):
+        self.seconds = self._spent()
+        if self.verbose:
+            reason = "the planned steps" if self.steps >= self.planned_steps else "the budget"
+            print(f"{self.name + ': ' if self.name else ''}stopped at {reason}: {self.steps:,} "
+                  f"steps ({self.steps / self.steps_per_epoch:.1f} epochs) in "
+                  f"{self.seconds:.1f} s of training, last learning rate "
+                  f"{self.learning_rates[-1] if self.learning_rates else 0:.2g}", flush=True)
 
 
 class Finished:

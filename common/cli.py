@@ -45,7 +45,7 @@ def _train_size(value: str) -> int | None:
 def parser(recipe: str, description: str, *, dataset: str = "synthetic:shapes",
            epochs: int = 10, batch_size: int = 64, budget_steps: int | None = None,
            min_epochs: int = 2, specs: str = CLASSIFICATION_SPECS,
-           train_size: bool = True) -> argparse.ArgumentParser:
+           train_size: bool = True, time_budget: str | None = None) -> argparse.ArgumentParser:
     """The shared flags and the `predict` / `evaluate` subcommands; recipes add their own.
 
     With `budget_steps`, `--epochs` defaults to "auto": about that many optimisation steps
@@ -63,6 +63,13 @@ def parser(recipe: str, description: str, *, dataset: str = "synthetic:shapes",
     else:
         p.add_argument("--epochs", type=int, default=epochs, help="epochs per model")
     p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
+    if time_budget:
+        p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                       help=f"train for SECONDS of wall-clock time {time_budget}: the speed of "
+                            "the first steps sets the number of steps and the learning-rate "
+                            "schedule (warm-up, then cosine decay to 0 at the budget's end); "
+                            "--epochs, if given, caps it. Evaluation is not counted. An "
+                            "interrupted budgeted model restarts on resume")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the data split, initial weights, shuffling and augmentation")
     if train_size:
@@ -101,6 +108,8 @@ def parse_args(p: argparse.ArgumentParser) -> argparse.Namespace:
         p.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if getattr(args, "time_budget", None) is not None and not args.time_budget > 0:
+        p.error(f"--time-budget must be a positive number of seconds, got {args.time_budget:g}")
     if not 0 <= args.seed < 2**32:
         p.error(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}")
     if args.command != "predict":
