@@ -244,7 +244,7 @@ class TimeBudget(keras.callbacks.Callback):
             self._plan()
             if self.verbose:
                 epochs = self.planned_steps / self.steps_per_epoch
-                print(f"\n{self.name + ': ' if self.name else ''}time budget {self.budget:g} s: "
+                print(f"\n{self.name + ': ' if self.name else ''}time budget {self.budget:.4g} s: "
                       f"{self.rate:.1f} steps/s measured over the first {self.steps} steps; "
                       f"planned {self.planned_steps:,} steps ({epochs:.1f} epochs of "
                       f"{self.steps_per_epoch}), learning rate warm-up to {self.peak:g} over "
