@@ -90,6 +90,9 @@ parser.add_argument("--mode-steps", type=int, default=10,
                     help="training steps timed per eager/compiled mode (0: no mode timings)")
 parser.add_argument("--no-export", action="store_true",
                     help="skip the export formats (deployment)")
+parser.add_argument("--jobs", type=int, default=None,
+                    help="row processes run at the same time (default 1, so that no row's speed "
+                    "is measured while another row shares the CPU; --smoke: 2)")
 args = cli.parse_args(parser)
 cli.classifier_commands(args)  # predict / evaluate a saved model.keras, then stop
 
@@ -98,6 +101,8 @@ unknown = [r for r in rows if r not in ROWS]
 if unknown or not rows:
     raise UserError(f"unknown row or backend {', '.join(unknown) or repr(args.rows)} in --rows: "
                     f"choose from {', '.join(ROWS)} (comma-separated)")
+if args.jobs is not None and args.jobs < 1:
+    raise UserError(f"--jobs {args.jobs}: use 1 or more row processes at a time")
 if args.seeds < 2 and not args.smoke:
     raise UserError(f"--seeds {args.seeds}: use at least 2, the spread needs two runs per row")
 for row in rows:
@@ -112,6 +117,7 @@ import hashlib
 import json
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -238,11 +244,17 @@ def run_row(row: str) -> dict:
 
 
 data_hash = hashlib.sha256((out / "data.npz").read_bytes()).hexdigest()
-records, started = {}, time.time()
-for i, row in enumerate(rows):
-    eta = "" if not i else f", about {(time.time() - started) / i * (len(rows) - i) / 60:.0f} min left"
-    print(f"== {row} ({i + 1}/{len(rows)}{eta})", flush=True)
-    records[row] = run_row(row)
+jobs = args.jobs or (2 if args.smoke else 1)
+if jobs == 1:
+    records, started = {}, time.time()
+    for i, row in enumerate(rows):
+        eta = "" if not i else f", about {(time.time() - started) / i * (len(rows) - i) / 60:.0f} min left"
+        print(f"== {row} ({i + 1}/{len(rows)}{eta})", flush=True)
+        records[row] = run_row(row)
+else:  # rows side by side: quicker, but each row's speed is then measured on a shared CPU
+    print(f"== {len(rows)} rows, {jobs} at a time (their speeds share the CPU)", flush=True)
+    with ThreadPoolExecutor(jobs) as pool:
+        records = dict(zip(rows, pool.map(run_row, rows)))
 
 # %% [markdown]
 # ## Results per row
