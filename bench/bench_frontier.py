@@ -61,8 +61,9 @@ def options_from_command_line() -> argparse.Namespace:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="a keras.datasets-layout npz")
     p.add_argument("--train-size", type=int, default=None,
                    help="use the first N training images (the npz is shuffled); default all")
-    p.add_argument("--part", choices=("frontier", "sweep", "pipeline", "all"),
-                   default="frontier")
+    p.add_argument("--part", choices=("frontier", "sweep", "pipeline", "all", "plot"),
+                   default="frontier",
+                   help="plot: redraw the table and plot from the frontier's JSON file")
     p.add_argument("--keras-io-epochs", default="1,2,4,8,15")
     p.add_argument("--extra-budgets", default="",
                    help="more budgets (seconds) for ours alone, comma-separated")
@@ -88,6 +89,77 @@ started, load_before = time.time(), os.getloadavg()
 RESULTS = ROOT / "bench" / "results"
 suffix = f"{cpu_name()}{'_' + options.tag if options.tag else ''}"
 
+
+def report(theirs: list[dict], mine: list[dict], settings: dict, run: dict) -> None:
+    """The table (markdown) and the plot (accuracy against wall and CPU seconds); `run` holds
+    the dataset, the number of training and test images and the CPU count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    paired = mine[:len(theirs)]
+    lines = [f"accuracy on {run['test_images']:,} test images after training on "
+             f"{run['train_images']:,} "
+             f"(`{run['dataset']}`), this machine shared with other jobs (1-min load "
+             f"{min(r['load_average_1min'] for r in theirs + mine):.1f}-"
+             f"{max(r['load_average_1min'] for r in theirs + mine):.1f}, {run['cpu_count']} CPUs)",
+             "", "| keras-io epochs | keras-io train s (CPU s) | keras-io accuracy | ours "
+             "--time-budget s | ours train s (CPU s) | ours epochs | ours accuracy | ours - "
+             "keras-io (points) |", "|---|---|---|---|---|---|---|---|"]
+    for t, o in zip(theirs, paired):
+        lines.append(f"| {t['epochs']} | {t['train_seconds']:.0f} ({t['cpu_seconds']:.0f}) | "
+                     f"{t['accuracy']:.4f} | {o['budget_s']:.0f} | {o['train_seconds']:.0f} "
+                     f"({o['cpu_seconds']:.0f}) | {o['epochs']} | {o['accuracy']:.4f} | "
+                     f"{100 * (o['accuracy'] - t['accuracy']):+.2f} |")
+    for o in mine[len(theirs):]:
+        lines.append(f"| - | - | - | {o['budget_s']:.0f} | {o['train_seconds']:.0f} "
+                     f"({o['cpu_seconds']:.0f}) | {o['epochs']} | {o['accuracy']:.4f} | - |")
+    lines += ["", f"ours: recipes/augmentation classifier, policy {settings['policy']}, batch "
+              f"{settings['batch_size']}, peak learning rate {settings['learning_rate']:g} "
+              f"(warm-up + cosine fitted to the budget), widths {list(settings['widths'])}; "
+              "keras-io: Conv32-Pool-Conv64-Pool-Flatten-Dropout(0.5)-Dense, Adam 1e-3, "
+              "batch 128"]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / f"frontier_{suffix}.md").write_text(text)
+    print(text)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in ((axes[0], "train_seconds", "training wall-clock seconds"),
+                           (axes[1], "cpu_seconds", "training CPU seconds (all threads)")):
+        mine_sorted = sorted(mine, key=lambda r: r[key])
+        ax.plot([r[key] for r in theirs], [100 * r["accuracy"] for r in theirs], "o-",
+                color="C1", label="keras-io Simple MNIST convnet (epochs marked)")
+        for r in theirs:
+            ax.annotate(str(r["epochs"]), (r[key], 100 * r["accuracy"]),
+                        textcoords="offset points", xytext=(0, -12), ha="center", fontsize=8,
+                        color="C1")
+        ax.plot([r[key] for r in mine_sorted], [100 * r["accuracy"] for r in mine_sorted], "s-",
+                color="C0", label="ours, --time-budget (budget = keras-io's time)")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([t for t in (10, 20, 50, 100, 200, 500, 1000, 2000)
+                       if min(r[key] for r in theirs + mine) / 1.5 < t
+                       < max(r[key] for r in theirs + mine) * 1.5])
+        ax.margins(y=0.08)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"accuracy vs training time, {run['train_images']:,} training images, "
+                 f"{run['cpu_count']} shared CPUs")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"frontier_{suffix}.png", dpi=110)
+    plt.close(fig)
+
+
+if options.part == "plot":  # redraw from the saved results, without training anything
+    saved = json.loads((RESULTS / f"frontier_{suffix}.json").read_text())
+    report(saved["keras_io"], saved["ours"], saved["ours_settings"], saved)
+    sys.exit()
+
 # The recipe's functions (compiled_classifier, fit_policy, accuracy, build_classifier) come
 # from a smoke run of it on this dataset; its training set is then replaced by the full one.
 sys.argv = ["augmentation", "--smoke", "--dataset", f"npz:{options.data}", "--policies", "none",
@@ -97,7 +169,6 @@ recipe = runpy.run_path(str(ROOT / "recipes" / "augmentation" / "augmentation.py
 g = recipe["fit_policy"].__globals__  # the recipe's own namespace, read at call time
 
 import keras  # noqa: E402  (after the recipe: it set up TensorFlow quietly)
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_augmentation import keras_io_convnet  # noqa: E402
 
@@ -181,59 +252,8 @@ def frontier() -> None:
         mine.append(ours(budget, **ours_settings))
         print(f"ours at {budget:.0f} s: {mine[-1]['accuracy']:.4f}", flush=True)
     path = write("frontier", {"keras_io": theirs, "ours": mine, "ours_settings": ours_settings})
-    report(theirs, mine, ours_settings)
+    report(theirs, mine, ours_settings, record)
     print(f"wrote {path}")
-
-
-def report(theirs: list[dict], mine: list[dict], settings: dict) -> None:
-    """The table (markdown) and the plot (accuracy against wall and CPU seconds)."""
-    paired = mine[:len(theirs)]
-    lines = [f"accuracy on {len(x_test):,} test images after training on {len(x_train):,} "
-             f"(`{record['dataset']}`), this machine shared with other jobs (1-min load "
-             f"{min(r['load_average_1min'] for r in theirs + mine):.1f}-"
-             f"{max(r['load_average_1min'] for r in theirs + mine):.1f}, {os.cpu_count()} CPUs)",
-             "", "| keras-io epochs | keras-io train s (CPU s) | keras-io accuracy | ours "
-             "--time-budget s | ours train s (CPU s) | ours epochs | ours accuracy | ours - "
-             "keras-io (points) |", "|---|---|---|---|---|---|---|---|"]
-    for t, o in zip(theirs, paired):
-        lines.append(f"| {t['epochs']} | {t['train_seconds']:.0f} ({t['cpu_seconds']:.0f}) | "
-                     f"{t['accuracy']:.4f} | {o['budget_s']:.0f} | {o['train_seconds']:.0f} "
-                     f"({o['cpu_seconds']:.0f}) | {o['epochs']} | {o['accuracy']:.4f} | "
-                     f"{100 * (o['accuracy'] - t['accuracy']):+.2f} |")
-    for o in mine[len(theirs):]:
-        lines.append(f"| - | - | - | {o['budget_s']:.0f} | {o['train_seconds']:.0f} "
-                     f"({o['cpu_seconds']:.0f}) | {o['epochs']} | {o['accuracy']:.4f} | - |")
-    lines += ["", f"ours: recipes/augmentation classifier, policy {settings['policy']}, batch "
-              f"{settings['batch_size']}, peak learning rate {settings['learning_rate']:g} "
-              f"(warm-up + cosine fitted to the budget), widths {list(settings['widths'])}; "
-              "keras-io: Conv32-Pool-Conv64-Pool-Flatten-Dropout(0.5)-Dense, Adam 1e-3, "
-              "batch 128"]
-    text = "\n".join(lines) + "\n"
-    (RESULTS / f"frontier_{suffix}.md").write_text(text)
-    print(text)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, key, label in ((axes[0], "train_seconds", "training wall-clock seconds"),
-                           (axes[1], "cpu_seconds", "training CPU seconds (all threads)")):
-        mine_sorted = sorted(mine, key=lambda r: r[key])
-        ax.plot([r[key] for r in theirs], [100 * r["accuracy"] for r in theirs], "o-",
-                color="C1", label="keras-io Simple MNIST convnet (epochs marked)")
-        for r in theirs:
-            ax.annotate(str(r["epochs"]), (r[key], 100 * r["accuracy"]),
-                        textcoords="offset points", xytext=(0, -12), ha="center", fontsize=8,
-                        color="C1")
-        ax.plot([r[key] for r in mine_sorted], [100 * r["accuracy"] for r in mine_sorted], "s-",
-                color="C0", label="ours, --time-budget (budget = keras-io's time)")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"accuracy vs training time, {len(x_train):,} training images, "
-                 f"{os.cpu_count()} shared CPUs")
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"frontier_{suffix}.png", dpi=110)
-    plt.close(fig)
 
 
 def pipeline_cost() -> None:
