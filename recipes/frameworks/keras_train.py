@@ -30,6 +30,7 @@ from recipes.frameworks.measure import (
     latency_ms,
     peak_memory_mb,
     run_flags,
+    seed_record,
     size_kb,
     throughput,
 )
@@ -228,16 +229,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         predicted = np.concatenate([np.asarray(keras.ops.convert_to_numpy(
             trained.predict_on_batch(x_test[i:i + 256]))) for i in range(0, len(x_test), 256)])
-        accuracy = float((predicted.argmax(-1) == y_test).mean())
-        steady = float(np.mean(timer.seconds[1:]))
-        record["seeds"].append({"seed": seed, "test_accuracy": accuracy,
-                                "train_seconds": seconds, "epoch_seconds": timer.seconds,
-                                "first_epoch_seconds": timer.seconds[0],
-                                "train_images_per_second": len(x) / steady,
-                                "train_cpu_ms_per_image": 1000 * float(np.mean(timer.cpu[1:]))
-                                / len(x)})
-        print(f"  keras_{backend} seed {seed}: test accuracy {accuracy:.3f}, "
-              f"{len(x) / steady:.0f} train images/s", flush=True)
+        record["seeds"].append(seed_record(f"keras_{backend}", seed, timer, seconds, predicted,
+                                           y_test, len(x)))
         model = model or trained  # the first seed's model is the one deployed
     record["training_memory_mb"] = peak_memory_mb()
     # keras.utils.set_random_seed also seeds TensorFlow when it is installed, which imports it:

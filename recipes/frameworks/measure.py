@@ -113,6 +113,20 @@ class EpochClock:
                   + (f", about {left:.0f} s left" if left else ""), flush=True)
 
 
+def seed_record(row: str, seed: int, clock: EpochClock, seconds: float, scores: np.ndarray,
+                labels: np.ndarray, train_images: int) -> dict:
+    """One seed's test accuracy and training speed (after the first epoch, which pays for
+    tracing and compiling), printed as a progress line."""
+    accuracy = float((scores.argmax(-1) == labels).mean())
+    steady = float(np.mean(clock.seconds[1:]))
+    print(f"  {row} seed {seed}: test accuracy {accuracy:.3f}, "
+          f"{train_images / steady:.0f} train images/s", flush=True)
+    return {"seed": seed, "test_accuracy": accuracy, "train_seconds": seconds,
+            "epoch_seconds": clock.seconds, "first_epoch_seconds": clock.seconds[0],
+            "train_images_per_second": train_images / steady,
+            "train_cpu_ms_per_image": 1000 * float(np.mean(clock.cpu[1:])) / train_images}
+
+
 def run_flags(description: str) -> argparse.Namespace:
     """The flags every row's process takes from recipes/frameworks."""
     p = argparse.ArgumentParser(description=description)

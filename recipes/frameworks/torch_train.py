@@ -28,6 +28,7 @@ from recipes.frameworks.measure import (
     latency_ms,
     peak_memory_mb,
     run_flags,
+    seed_record,
     size_kb,
     throughput,
 )
@@ -186,16 +187,8 @@ def main() -> None:
         predict = predictor(trained)
         predicted = np.concatenate([predict(x_test[i:i + 256])
                                     for i in range(0, len(x_test), 256)])
-        accuracy = float((predicted.argmax(-1) == y_test).mean())
-        steady = float(np.mean(timer.seconds[1:]))
-        record["seeds"].append({"seed": seed, "test_accuracy": accuracy,
-                                "train_seconds": seconds, "epoch_seconds": timer.seconds,
-                                "first_epoch_seconds": timer.seconds[0],
-                                "train_images_per_second": len(x) / steady,
-                                "train_cpu_ms_per_image": 1000 * float(np.mean(timer.cpu[1:]))
-                                / len(x)})
-        print(f"  torch_native seed {seed}: test accuracy {accuracy:.3f}, "
-              f"{len(x) / steady:.0f} train images/s", flush=True)
+        record["seeds"].append(seed_record("torch_native", seed, timer, seconds, predicted,
+                                           y_test, len(x)))
         model = model or trained
     record["training_memory_mb"] = peak_memory_mb()
     predict = predictor(model)
