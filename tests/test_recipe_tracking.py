@@ -85,6 +85,43 @@ def test_predict_prints_one_json_box_per_frame_from_a_folder_and_a_video(
     assert len(lines) == 12 and lines[5]["file"] == "clip.avi#5"
 
 
+def test_the_occlusion_rule_coasts_at_the_last_velocity(tracking_run, sequence_folder,
+                                                       run_here, tmp_path):
+    """With a threshold above some frames' peaks, a hidden frame's box moves by the same step
+    as the hidden frame before it (the smoothed velocity is frozen while the target is hidden),
+    and the size does not change."""
+    out, _ = tracking_run
+    folder = sequence_folder / "full_occlusion"
+    init = ",".join(f"{v:g}" for v in video.read_groundtruth(folder / "groundtruth.txt", 12)[0])
+
+    def track(model):
+        done = run_here("tracking", "predict", "--model", str(model), "--frames", str(folder),
+                        "--init", init)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads(line) for line in done.stdout.strip().splitlines()]
+
+    free = track(out / "model.keras")
+    config = json.loads((out / "tracking.json").read_text())
+    config["occlusion_threshold"] = float(np.median([line["score"] for line in free[1:]]))
+    (tmp_path / "model.keras").symlink_to(out / "model.keras")
+    (tmp_path / "tracking.json").write_text(json.dumps(config))
+    lines = track(tmp_path / "model.keras")
+    hidden = [line["hidden"] for line in lines]
+    assert any(hidden) and not all(hidden[1:]), hidden
+    boxes = np.array([line["box"] for line in lines])
+    centres = boxes[:, :2] + boxes[:, 2:] / 2
+    checked = 0
+    for i in range(2, len(lines)):
+        if hidden[i] and hidden[i - 1]:
+            step, before = centres[i] - centres[i - 1], centres[i - 1] - centres[i - 2]
+            if ((centres[i - 2:i + 1] > 1) & (centres[i - 2:i + 1] < 95)).all():  # not clipped
+                assert np.allclose(step, before, atol=0.25), (i, step, before)  # 0.1 px rounding
+                checked += 1
+        if hidden[i]:
+            assert np.allclose(boxes[i, 2:], boxes[i - 1, 2:], atol=0.05), i
+    assert checked or sum(hidden) < 4, hidden
+
+
 def test_evaluate_scores_a_folder_of_sequences(tracking_run, sequence_folder, run_here,
                                                tmp_path):
     out, _ = tracking_run
