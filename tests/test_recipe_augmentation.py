@@ -102,6 +102,23 @@ def test_grayscale_odd_size_npz_learns_predicts_and_evaluates(tmp_path):
     assert abs(evaluated["test_accuracy"] - metrics["test_accuracy"]) < 1e-6
 
 
+def test_time_budget_plans_trains_and_is_checked(tmp_path, run_here):
+    # in this process (TensorFlow loaded already); the smoke caps it at 4 epochs of 8 steps
+    done = run_here("augmentation", "--smoke", "--policies", "none", "--time-budget", "60",
+                    "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "plan: 1 policies x 60 s of training each" in done.stdout
+    assert "60 s of training (at most 4 epochs) of 8 steps per policy" in done.stdout
+    assert "none: time budget 60 s:" in done.stdout and "cosine decay to 0" in done.stdout
+    assert "none: stopped at the planned steps: 32 steps (4.0 epochs)" in done.stdout
+    metrics = json.loads((tmp_path / "out" / "results.json").read_text())["metrics"]
+    assert metrics["none"]["train_epochs"] == 4 and 0 < metrics["none"]["train_seconds"] <= 60
+    assert not (tmp_path / "out" / "backup" / "none").exists()  # a budgeted model restarts
+    done = run_here("augmentation", "--time-budget", "-5", "--out", str(tmp_path / "bad"))
+    assert done.returncode == 2 and "--time-budget must be a positive number" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_unknown_policy_lists_the_valid_ones(tmp_path, run_here):
     done = run_here("augmentation", "--policies", "none,nope", "--out", str(tmp_path))
     assert done.returncode == 2

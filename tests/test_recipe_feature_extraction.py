@@ -160,3 +160,17 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, run_here):
     assert done.returncode == 2 and "at least 1" in done.stderr
     done = run_here("feature_extraction", "--max-shift", "0", "--out", str(tmp_path))
     assert done.returncode == 2 and "--max-shift must be at least 1" in done.stderr
+    done = run_here("feature_extraction", "--time-budget", "0", "--out", str(tmp_path))
+    assert done.returncode == 2 and "--time-budget must be a positive number" in done.stderr
+
+
+def test_time_budget_trains_each_variant_for_the_budget(tmp_path, run_here):
+    # in this process (TensorFlow loaded already); no --epochs: the budget alone stops it
+    done = run_here("feature_extraction", "--smoke", "--variants", "relu", "--train-size", "300",
+                    "--time-budget", "12", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "plan: 1 models x 12 s of training each" in done.stdout
+    assert "relu: time budget 12 s:" in done.stdout and "relu: stopped at" in done.stdout
+    metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]
+    # generous bounds: the budget was spent, not an epoch count (no timing precision)
+    assert 6 <= metrics["relu"]["train_seconds"] < 12 + 5

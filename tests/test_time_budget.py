@@ -26,10 +26,13 @@ def data(n=2048):
     return rng.normal(size=(n, 8, 8, 1)).astype("float32"), rng.integers(0, 3, n)
 
 
-@pytest.mark.parametrize("seconds", [3.0])
+@pytest.mark.parametrize("seconds", [4.0])
 def test_stops_near_the_budget_with_the_schedule_at_its_end(seconds, capsys):
     x, y = data()
     model = tiny_model()
+    # build the training step first: on a loaded machine tracing alone can take seconds, and
+    # the budget (which counts it, as it should) would then end before any speed is measured
+    model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
     budget = callbacks.TimeBudget(seconds, PEAK, steps_per_epoch=len(x) // 32, name="tiny")
     started = time.perf_counter()
     history = model.fit(x, y, batch_size=32, epochs=budget.max_epochs, verbose=0,
@@ -50,7 +53,7 @@ def test_stops_near_the_budget_with_the_schedule_at_its_end(seconds, capsys):
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(
         rates[-1], rel=1e-5)
     out = capsys.readouterr().out
-    assert "tiny: time budget 3 s:" in out and "cosine decay to 0" in out and "stopped at" in out
+    assert "tiny: time budget 4 s:" in out and "cosine decay to 0" in out and "stopped at" in out
 
 
 def test_epoch_cap_wins_over_a_long_budget():

@@ -71,7 +71,8 @@ def variant_list(value: str) -> list[str]:
 
 
 parser = cli.parser("feature_extraction", "What a small CNN extracts, layer by layer.",
-                    dataset="synthetic:shapes", epochs=12, batch_size=64, budget_steps=1500)
+                    dataset="synthetic:shapes", epochs=12, batch_size=64, budget_steps=1500,
+                    time_budget="per variant (each variant gets the same SECONDS)")
 parser.add_argument("--variants", type=variant_list, default=",".join(VARIANTS),
                     help="comma-separated variants to train and compare; relu is the "
                          "reference (ReLU, max pooling) and the saved model")
@@ -82,6 +83,7 @@ cli.classifier_commands(args)  # `predict` / `evaluate`: runs the saved model an
 if args.max_shift < 1:
     parser.error(f"--max-shift must be at least 1 pixel, got {args.max_shift}")
 synthetic_size = SYNTHETIC_SIZE
+epochs_given = args.epochs is not None  # with --time-budget, --epochs is only a cap
 if args.smoke:  # every code path on a small budget (explicit flags still win)
     args.epochs, args.batch_size, args.max_shift = args.epochs or 4, 32, min(args.max_shift, 4)
     args.train_size, synthetic_size = min(args.train_size or 1500, 1500), 1500
@@ -158,6 +160,9 @@ def spatial_pyramid_pool(x, levels=(1, 2, 4)):
     return layers.Concatenate(name="spp")(pooled)
 
 
+LEARNING_RATE = 1e-3  # Adam's; the peak of the schedule on a --time-budget
+
+
 def make_cnn(activation="relu", pooling="max", head="flatten", name="cnn"):
     pool = {"max": layers.MaxPooling2D, "average": layers.AveragePooling2D}[pooling]
     inputs = keras.Input(input_shape)
@@ -175,8 +180,9 @@ def make_cnn(activation="relu", pooling="max", head="flatten", name="cnn"):
     x = layers.Dense(128, activation=activation, name="features")(x)
     outputs = layers.Dense(ds.num_classes, activation="softmax", name="classifier")(x)
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    # on a --time-budget, callbacks.TimeBudget sets the learning rate before each step
+    model.compile(keras.optimizers.Adam(0.0 if args.time_budget else LEARNING_RATE),
+                  "sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
@@ -190,14 +196,22 @@ make_cnn().summary()
 # 12 epochs on the default data, 2 on a 60,000-image dataset (`--epochs` overrides it). The
 # plan line says how many steps that is, and the first epochs measure how long it will take.
 #
+# `--time-budget SECONDS` gives each variant the same wall-clock training time instead (the
+# fair comparison when variants differ in speed): the speed of the first steps sets how many
+# steps fit, and the learning rate warms up to Adam's 1e-3 and decays to 0 exactly when the
+# budget ends (`callbacks.TimeBudget`). Evaluation is not counted in the budget.
+#
 # Each epoch is backed up: an interrupted run (Ctrl-C) continues where it stopped when rerun
 # with the same command, and variants that had already finished are loaded, not retrained.
+# On a time budget, the interrupted variant restarts (its schedule depends on the time it had
+# spent); the finished ones are still loaded.
 
 # %%
 finished = callbacks.Finished(out, args)
 # variants that finished before an interrupt are loaded below (their record is written last)
 to_train = [n for n in args.variants if not (finished.directory / f"{n}.json").is_file()]
-plan = callbacks.Plan(to_train, args.epochs, steps_per_epoch) if to_train else None
+plan = callbacks.Plan(to_train, args.epochs, steps_per_epoch,
+                      time_budget=args.time_budget) if to_train else None
 models, histories, seconds = {}, {}, {}
 for name in args.variants:
     keras.utils.set_random_seed(args.seed)  # every variant starts from the same random state
@@ -205,11 +219,18 @@ for name in args.variants:
     record = finished.load(name, models[name])
     if record is None:
         progress = [plan.callback(name)] if name in to_train else []
+        standard, epochs, budget = callbacks.standard(out, name, args), args.epochs, None
+        if args.time_budget:  # no per-epoch backup: a budgeted variant restarts on resume
+            budget = callbacks.TimeBudget(args.time_budget, LEARNING_RATE, steps_per_epoch,
+                                          max_epochs=args.epochs if epochs_given else None,
+                                          name=name)
+            standard = [c for c in standard if not isinstance(c, callbacks.Backup)] + [budget]
+            epochs = budget.max_epochs
         start = time.time()
-        history = models[name].fit(train, validation_data=test, epochs=args.epochs,
-                                   verbose=callbacks.verbose(),
-                                   callbacks=progress + callbacks.standard(out, name, args))
-        record = {"history": history.history, "seconds": time.time() - start}
+        history = models[name].fit(train, validation_data=test, epochs=epochs,
+                                   verbose=callbacks.verbose(), callbacks=progress + standard)
+        record = {"history": history.history,  # training seconds (validation not counted)
+                  "seconds": budget.seconds if budget else time.time() - start}
         finished.save(name, models[name], record)
     histories[name], seconds[name] = record["history"], record["seconds"]
 
