@@ -58,7 +58,8 @@ def build(source: Path, size: int, seed: int) -> dict[str, np.ndarray]:
     copies = np.stack([distorted_copy(x_train[i], rng) for i in parents]) if extra else \
         np.zeros((0, *x_train.shape[1:]), np.uint8)
     order = rng.permutation(size)  # real and distorted mixed, so a prefix is a fair subset
-    return {"real_train": np.array(len(x_train)), "x_train": np.concatenate([x_train, copies])[order].astype(np.uint8),
+    return {"real_train": np.array(len(x_train)),
+            "x_train": np.concatenate([x_train, copies])[order].astype(np.uint8),
             "y_train": np.concatenate([y_train, y_train[parents]])[order].astype(np.uint8),
             "x_test": x_test.astype(np.uint8), "y_test": y_test.astype(np.uint8)}
 
