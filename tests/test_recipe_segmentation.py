@@ -43,6 +43,8 @@ def test_unet_smoke_reports_miou_per_class_both_losses_and_plots(unet_run):
     assert set(m["ce"]) == set(m["ce_dice"]) == {"mean_iou", "foreground_mean_iou",
                                                  "pixel_accuracy"}
     assert m[m["loss"]]["mean_iou"] == m["mean_iou"]  # the saved model is the chosen variant
+    # flip test-time augmentation is the default; the single-view scores are kept beside it
+    assert m["tta"] == "horizontal flip" and set(m["no_tta"]) == set(m["ce"])
     for name in ("ce", "ce_dice"):
         log = (out / f"{name}_log.csv").read_text().splitlines()
         header = log[0].split(",")
@@ -99,6 +101,11 @@ def test_evaluate_on_a_folder_and_a_coco_file_and_refuses_foreign_class_ids(unet
                       "--dataset", f"coco:{coco}", "--out", str(tmp_path / "ev2"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "ev2" / "results.json").read_text())["metrics"]["iou"]
+    done = run_recipe("segmentation", "evaluate", "--no-tta", "--model", str(out / "model.keras"),
+                      "--dataset", f"folder:{folder}", "--out", str(tmp_path / "ev1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = json.loads((tmp_path / "ev1" / "results.json").read_text())
+    assert single["args"]["no_tta"] is True and 0 <= single["metrics"]["mean_iou"] <= 1
     mask = np.asarray(Image.open(folder / "masks" / "002.png")).copy()
     mask[:3, :3] = 40  # no such class
     Image.fromarray(mask).save(folder / "masks" / "002.png")
