@@ -230,7 +230,7 @@ def frontier() -> None:
     theirs, mine = [], []
     wall_total = cpu_total = 0.0
     done = 0
-    for epochs in (int(e) for e in options.keras_io_epochs.split(",")):
+    for epochs in (int(e) for e in options.keras_io_epochs.split(",") if e.strip()):
         load = os.getloadavg()[0]
         wall, cpu = time.time(), time.process_time()
         theirs_model.fit(x01, y_one_hot, batch_size=128, epochs=epochs, initial_epoch=done,
