@@ -60,7 +60,7 @@ if os.path.isfile(os.path.join(root, "common", "__init__.py")):
 # %% [markdown]
 # ## Flags
 #
-# Read before the heavy imports, so that `--help` answers at once. The budget: about 1,200
+# Read before the heavy imports, so that `--help` answers at once. The budget: about 1,440
 # optimisation steps per run (at most 40 epochs, at least 4 per model), shared by the models
 # of a comparison; early stopping on the validation mIoU, and the best epoch's weights kept.
 
@@ -72,7 +72,7 @@ from common import UserError, cli
 SPECS = ("synthetic:scenes | folder:DIR (DIR/images + DIR/masks of class ids, or DIR/train/... + "
          "DIR/test/...) | coco:ANNOTATIONS.json (polygons or RLE) | tfds:oxford_iiit_pet")
 parser = cli.parser("segmentation", "Train and score a semantic segmentation model (mIoU).",
-                    dataset="synthetic:scenes", epochs=40, batch_size=16, budget_steps=1170,
+                    dataset="synthetic:scenes", epochs=40, batch_size=16, budget_steps=1440,
                     min_epochs=4, specs=SPECS, train_size=False)
 parser.add_argument("--model", choices=["unet", "deeplabv3", "segformer"], default="unet",
                     help="unet: built here on the generic backbone | deeplabv3: keras-hub "
